@@ -1,0 +1,2 @@
+#include <stdio.h>
+int main(void) { puts("imgbuild"); return 0; }

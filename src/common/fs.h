@@ -1,0 +1,28 @@
+/* Filesystem helpers: atomic writes, mkdir -p, temp dirs. */
+#ifndef IB_COMMON_FS_H
+#define IB_COMMON_FS_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+int ib_fs_mkdir_p(const char *path, int mode);
+/* Writes `len` bytes to `path` via a temp file in the same directory + fsync +
+ * rename, so readers see the old content or the new, never a torn file. */
+int ib_fs_write_atomic(const char *path, const void *data, size_t len, int mode);
+/* Reads a whole (small) file; *out is NUL-terminated, caller frees. max caps
+ * the size so a hostile file cannot exhaust memory. */
+int ib_fs_read_all(char **out, size_t *out_len, const char *path, size_t max);
+/* Creates a temp file next to `final_path` ("<dir>/.<base>.tmp-XXXXXX").
+ * *out_tmp is malloc'd; the returned FILE is opened "w+b". */
+int ib_fs_tmpfile_near(FILE **out_fp, char **out_tmp, const char *final_path);
+/* Creates a fresh temp dir under $TMPDIR (or /tmp) with the given prefix. */
+int ib_fs_mkdtemp(char **out, const char *prefix);
+/* rm -rf, never following symlinks. */
+int ib_fs_rm_rf(const char *path);
+int ib_fs_exists(const char *path);
+/* Joins a and b with exactly one '/'. Caller frees. */
+char *ib_fs_join(const char *a, const char *b);
+/* Absolute, symlink-resolved path of an existing file. Caller frees. */
+int ib_fs_realpath(char **out, const char *path);
+
+#endif
