@@ -89,4 +89,9 @@ typedef const char *(*ib_df_lookup_fn)(void *ctx, const char *name);
 int ib_df_expand(char **out, const char *word, char escape, ib_df_lookup_fn lookup, void *ctx,
                  const char *file, int line);
 
+/* Go time.ParseDuration syntax ("30s", "1m30s", "1.5h", "0"), as HEALTHCHECK
+ * --interval/--timeout/--start-period/--start-interval take: *ns on success,
+ * IB_EINVALID otherwise. */
+int ib_df_parse_duration(const char *s, long long *ns);
+
 #endif

@@ -1,2 +1,58 @@
+#include "cli/cli.h"
+#include "common/error.h"
+#include "common/fs.h"
+
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { puts("imgbuild"); return 0; }
+#include <string.h>
+
+static const char usage[] =
+    "usage: imgbuild [build] [CONTEXT] [flags]    build CONTEXT's Dockerfile from a git commit\n"
+    "       imgbuild inspect IMAGE.tar|REF [--json]\n"
+    "       imgbuild load IMAGE.tar\n"
+    "       imgbuild --version | --help | <verb> --help\n"
+    "\n"
+    "Builds an OCI image tarball tagged sha-<commit> without a Docker daemon.\n"
+    "Run 'imgbuild build --help' for the build flags.\n";
+
+int ib_cli_fail(int code)
+{
+    fprintf(stderr, "imgbuild: error: %s\n", ib_error_last());
+    return code == IB_EUSAGE ? IB_EXIT_USAGE : IB_EXIT_FAIL;
+}
+
+int ib_cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("imgbuild: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return IB_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    ib_fs_cleanup_on_signal();
+    if (argc >= 2) {
+        const char *v = argv[1];
+        if (!strcmp(v, "--version") || !strcmp(v, "version")) {
+            printf("imgbuild %s\n", IB_VERSION);
+            return 0;
+        }
+        if (!strcmp(v, "--help") || !strcmp(v, "-h") || !strcmp(v, "help")) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (!strcmp(v, "build")) return ib_cmd_build(argc - 1, argv + 1);
+        if (!strcmp(v, "inspect")) return ib_cmd_inspect(argc - 1, argv + 1);
+        if (!strcmp(v, "load")) return ib_cmd_load(argc - 1, argv + 1);
+        static const char *later[] = {"push", "pull", "login", "logout", "cache", "slim", "retag"};
+        for (size_t i = 0; i < sizeof later / sizeof *later; i++)
+            if (!strcmp(v, later[i]))
+                return ib_cli_usage_error("'%s' is not part of this version of imgbuild (see 'imgbuild --help')", v);
+    }
+    /* build is the default verb: `imgbuild --tag $(git rev-parse HEAD)` */
+    return ib_cmd_build(argc, argv);
+}

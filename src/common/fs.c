@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ int ib_fs_tmpfile_near(FILE **out_fp, char **out_tmp, const char *final_path)
     }
     *out_fp = fp;
     *out_tmp = tmp;
+    ib_fs_tmp_register(tmp);
     return 0;
 }
 
@@ -72,15 +74,18 @@ int ib_fs_write_atomic(const char *path, const void *data, size_t len, int mode)
         r = ib_error_errno(IB_ERR, "write %s", path);
         fclose(fp);
         unlink(tmp);
+        ib_fs_tmp_forget(tmp);
         free(tmp);
         return r;
     }
     if (fclose(fp) != 0 || rename(tmp, path) != 0) {
         r = ib_error_errno(IB_ERR, "write %s", path);
         unlink(tmp);
+        ib_fs_tmp_forget(tmp);
         free(tmp);
         return r;
     }
+    ib_fs_tmp_forget(tmp);
     free(tmp);
     return 0;
 }
@@ -182,4 +187,40 @@ int ib_fs_realpath(char **out, const char *path)
     if (!r) return ib_error_errno(errno == ENOENT ? IB_ENOTFOUND : IB_ERR, "%s", path);
     *out = r;
     return 0;
+}
+
+/* Fixed slots, so the signal handler touches no allocator. */
+#define TMP_SLOTS 16
+static char tmp_slots[TMP_SLOTS][4096];
+static volatile sig_atomic_t tmp_used[TMP_SLOTS];
+
+void ib_fs_tmp_register(const char *path)
+{
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        if (tmp_used[i]) continue;
+        snprintf(tmp_slots[i], sizeof tmp_slots[i], "%s", path);
+        tmp_used[i] = 1;
+        return;
+    }
+}
+
+void ib_fs_tmp_forget(const char *path)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (tmp_used[i] && !strcmp(tmp_slots[i], path)) tmp_used[i] = 0;
+}
+
+static void on_signal(int sig)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (tmp_used[i]) unlink(tmp_slots[i]);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void ib_fs_cleanup_on_signal(void)
+{
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
 }

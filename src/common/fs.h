@@ -25,4 +25,11 @@ char *ib_fs_join(const char *a, const char *b);
 /* Absolute, symlink-resolved path of an existing file. Caller frees. */
 int ib_fs_realpath(char **out, const char *path);
 
+/* Temp files registered here are unlinked if the process is interrupted
+ * (SIGINT/SIGTERM/SIGHUP), so a cancelled build leaves no partial output.
+ * ib_fs_tmpfile_near registers automatically; call forget after the rename. */
+void ib_fs_cleanup_on_signal(void);
+void ib_fs_tmp_register(const char *path);
+void ib_fs_tmp_forget(const char *path);
+
 #endif

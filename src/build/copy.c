@@ -1,0 +1,567 @@
+#include "build/copy.h"
+#include "common/error.h"
+#include "common/fs.h"
+#include "layer/apply.h"
+
+#include <ctype.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *ib_copy_clean_abs(const char *path)
+{
+    size_t n = strlen(path);
+    char *out = ib_xmalloc(n + 2), *o = out;
+    const char *s = path;
+    while (*s) {
+        while (*s == '/') s++;
+        if (!*s) break;
+        const char *e = strchr(s, '/');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 1 && s[0] == '.') {
+        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
+            while (o > out && *--o != '/') {}
+            *o = 0;
+        } else {
+            *o++ = '/';
+            memcpy(o, s, len);
+            o += len;
+        }
+        s += len;
+    }
+    if (o == out) *o++ = '/';
+    *o = 0;
+    return out;
+}
+
+/* Lexical clean of a context-relative source; returns NULL if it climbs
+ * above the context root ("../x"), which Docker forbids. */
+static char *clean_rel(const char *path)
+{
+    size_t n = strlen(path);
+    char *out = ib_xmalloc(n + 1), *o = out;
+    const char *s = path;
+    while (*s) {
+        while (*s == '/') s++;
+        if (!*s) break;
+        const char *e = strchr(s, '/');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 1 && s[0] == '.') {
+        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
+            if (o == out) {
+                free(out);
+                return NULL;
+            }
+            while (o > out && *--o != '/') {}
+            *o = 0;
+        } else {
+            if (o != out) *o++ = '/';
+            memcpy(o, s, len);
+            o += len;
+        }
+        s += len;
+    }
+    *o = 0;
+    return out;
+}
+
+static int has_meta(const char *s) { return strpbrk(s, "*?[") != NULL; }
+
+/* ---------- chown ---------- */
+
+static int lookup_name(unsigned *out, const char *rootfs, const char *file, const char *name)
+{
+    if (!rootfs) return ib_error_set(IB_EINVALID, "--chown %s: names need an /etc/%s in the image", name, file);
+    char *p = ib_xasprintf("%s/etc/%s", rootfs, file), *text;
+    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
+    free(p);
+    if (r < 0) return ib_error_set(IB_EINVALID, "--chown: unable to find %s '%s': the image has no /etc/%s", file, name, file);
+    r = ib_error_set(IB_EINVALID, "--chown: unable to find %s '%s' in the image's /etc/%s",
+                     strcmp(file, "passwd") ? "group" : "user", name, file);
+    size_t nl = strlen(name);
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        if (!strncmp(line, name, nl) && line[nl] == ':') {
+            /* name:x:UID:... — the id is the third field */
+            char *f = strchr(line + nl + 1, ':');
+            if (f) {
+                *out = (unsigned)strtoul(f + 1, NULL, 10);
+                r = 0;
+                break;
+            }
+        }
+        line = next;
+    }
+    free(text);
+    return r;
+}
+
+static int parse_id(unsigned *out, const char *s, const char *rootfs, const char *file)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*s && !*end) {
+        if (v > 0xffffffffUL) return ib_error_set(IB_EINVALID, "--chown: id %s out of range", s);
+        *out = (unsigned)v;
+        return 0;
+    }
+    return lookup_name(out, rootfs, file, s);
+}
+
+int ib_copy_parse_chown(unsigned *uid, unsigned *gid, const char *spec, const char *rootfs)
+{
+    if (!*spec) return ib_error_set(IB_EINVALID, "--chown: empty");
+    char *u = ib_xstrdup(spec), *g = strchr(u, ':');
+    if (g) *g++ = 0;
+    int r = parse_id(uid, u, rootfs, "passwd");
+    if (r == 0) r = g && *g ? parse_id(gid, g, rootfs, "group") : (*gid = *uid, 0);
+    free(u);
+    return r;
+}
+
+/* ---------- sources ---------- */
+
+typedef struct {
+    char *path;        /* context path ("" = root) after symlink resolution */
+    char *name;        /* base name as matched/written (for dest naming) */
+    ib_ctx_stat st;
+} match;
+
+typedef struct {
+    match *v;
+    size_t n;
+} matches;
+
+static void add_match(matches *m, const char *path, const char *name, const ib_ctx_stat *st)
+{
+    m->v = ib_xrealloc(m->v, (m->n + 1) * sizeof *m->v);
+    m->v[m->n].path = ib_xstrdup(path);
+    m->v[m->n].name = ib_xstrdup(name);
+    m->v[m->n].st = *st;
+    m->n++;
+}
+
+static void matches_free(matches *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->v[i].path);
+        free(m->v[i].name);
+    }
+    free(m->v);
+}
+
+static const char *base_name(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+static int excluded(const ib_copy_env *env, const char *path)
+{
+    return env->ignore && *path && ib_ignore_match(env->ignore, path);
+}
+
+/* Matches pattern components against the context, as Go's filepath.Match does
+ * per path element ('*' never crosses '/'). */
+static int glob_walk(matches *m, const ib_copy_env *env, const char *dir, char **comps, size_t nc, size_t i)
+{
+    if (i == nc) {
+        ib_ctx_stat st;
+        char *res;
+        int r = ib_context_resolve(&res, env->ctx, dir, 1);
+        if (r == 0) r = ib_context_stat(&st, env->ctx, res);
+        if (r == 0 && !excluded(env, dir)) add_match(m, res, base_name(dir), &st);
+        free(res);
+        return r == IB_ENOTFOUND ? 0 : r;
+    }
+    if (!has_meta(comps[i])) {
+        char *next = *dir ? ib_xasprintf("%s/%s", dir, comps[i]) : ib_xstrdup(comps[i]);
+        int r = glob_walk(m, env, next, comps, nc, i + 1);
+        free(next);
+        return r;
+    }
+    char *rdir;
+    int r = ib_context_resolve(&rdir, env->ctx, dir, 1);
+    if (r < 0) {
+        free(rdir);
+        return r == IB_ENOTFOUND ? 0 : r;
+    }
+    ib_ctx_stat st;
+    if (ib_context_stat(&st, env->ctx, rdir) < 0 || st.type != IB_CT_DIR) {
+        free(rdir);
+        return 0;
+    }
+    char **names;
+    size_t nn;
+    r = ib_context_list(&names, &nn, env->ctx, rdir);
+    free(rdir);
+    if (r < 0) return r;
+    for (size_t k = 0; k < nn && r == 0; k++) {
+        if (fnmatch(comps[i], names[k], 0) != 0) continue;
+        char *next = *dir ? ib_xasprintf("%s/%s", dir, names[k]) : ib_xstrdup(names[k]);
+        r = glob_walk(m, env, next, comps, nc, i + 1);
+        free(next);
+    }
+    ib_context_names_free(names, nn);
+    return r;
+}
+
+static int collect_source(matches *m, const ib_copy_env *env, const char *word, const char *kind)
+{
+    char *rel = clean_rel(word);
+    if (!rel) return ib_error_set(IB_EINVALID, "%s %s: path is outside the build context", kind, word);
+    int r = 0;
+    size_t before = m->n;
+    if (has_meta(rel)) {
+        char **comps = NULL;
+        size_t nc = 0;
+        char *dup = ib_xstrdup(rel);
+        for (char *t = strtok(dup, "/"); t; t = strtok(NULL, "/")) {
+            comps = ib_xrealloc(comps, (nc + 1) * sizeof *comps);
+            comps[nc++] = t;
+        }
+        r = glob_walk(m, env, "", comps, nc, 0);
+        free(comps);
+        free(dup);
+        if (r == 0 && m->n == before)
+            r = ib_error_set(IB_EINVALID, "%s %s: no source files were specified (nothing matches)", kind, word);
+    } else {
+        char *res;
+        ib_ctx_stat st;
+        /* The named source itself is followed if it is a symlink (BuildKit's
+         * FollowSymlinks); links inside copied directories are kept as links. */
+        r = ib_context_resolve(&res, env->ctx, rel, 1);
+        if (r == 0) r = ib_context_stat(&st, env->ctx, res);
+        if (r == IB_ENOTFOUND || (r == 0 && excluded(env, rel)))
+            r = ib_error_set(IB_EINVALID, "%s %s: not found in the build context%s", kind, word,
+                             r == 0 ? " (excluded by .dockerignore)" : "");
+        if (r == 0) add_match(m, res, *rel ? base_name(rel) : "", &st);
+        free(res);
+    }
+    free(rel);
+    return r;
+}
+
+/* ---------- entries ---------- */
+
+typedef struct {
+    const ib_copy_env *env;
+    ib_layer_builder *lb;
+    int has_chmod;
+    unsigned chmod;
+    ib_ignore *exclude;
+    ib_context *ctx; /* the context the current walk reads */
+    const ib_ignore *ignore;
+} copier;
+
+static void set_owner(const copier *c, ib_layer_entry *e, unsigned uid, unsigned gid)
+{
+    e->uid = c->env->chown ? c->env->uid : uid;
+    e->gid = c->env->chown ? c->env->gid : gid;
+}
+
+static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char *dst)
+{
+    ib_layer_entry e = {.path = dst};
+    /* A build context is root-owned; a --from root filesystem keeps its owners
+     * only when asked (--chown overrides both). */
+    set_owner(c, &e, c->ignore ? 0 : st->uid, c->ignore ? 0 : st->gid);
+    switch (st->type) {
+    case IB_CT_DIR:
+        e.type = IB_LE_DIR;
+        e.mode = c->has_chmod ? c->chmod : st->mode;
+        return ib_layer_add(c->lb, &e);
+    case IB_CT_SYMLINK: {
+        char *target;
+        int r = ib_context_readlink(&target, c->ctx, src);
+        if (r < 0) return r;
+        e.type = IB_LE_SYMLINK;
+        e.mode = 0777;
+        e.link = target;
+        r = ib_layer_add(c->lb, &e);
+        free(target);
+        return r;
+    }
+    default:
+        e.type = IB_LE_FILE;
+        e.mode = c->has_chmod ? c->chmod : st->mode;
+        e.size = st->size;
+        e.src = c->ctx;
+        e.src_path = src;
+        e.content = ib_context_read;
+        return ib_layer_add(c->lb, &e);
+    }
+}
+
+static int walk_dir(copier *c, const char *src, const char *dst, const char *rel_under)
+{
+    char **names;
+    size_t n;
+    int r = ib_context_list(&names, &n, c->ctx, src);
+    if (r < 0) return r;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *sp = *src ? ib_xasprintf("%s/%s", src, names[i]) : ib_xstrdup(names[i]);
+        char *dp = ib_xasprintf("%s/%s", dst, names[i]);
+        char *ru = *rel_under ? ib_xasprintf("%s/%s", rel_under, names[i]) : ib_xstrdup(names[i]);
+        ib_ctx_stat st;
+        r = ib_context_stat(&st, c->ctx, sp);
+        if (r == 0) {
+            int skip = c->ignore && ib_ignore_match(c->ignore, sp);
+            if (!skip && c->exclude && ib_ignore_match(c->exclude, ru)) skip = 1;
+            if (!skip) r = add_one(c, sp, &st, dp);
+            if (r == 0 && st.type == IB_CT_DIR) {
+                /* An excluded dir is still entered when a '!' exception may re-include something below it. */
+                int descend = !skip || (c->ignore && ib_ignore_match(c->ignore, sp) &&
+                                        ib_ignore_may_include_under(c->ignore, sp));
+                if (descend) r = walk_dir(c, sp, dp, ru);
+            }
+        }
+        free(sp);
+        free(dp);
+        free(ru);
+    }
+    ib_context_names_free(names, n);
+    return r;
+}
+
+static int mem_content(void *src, const char *path, ib_sink_fn sink, void *ctx)
+{
+    (void)path;
+    const char *s = src;
+    return sink(ctx, s, strlen(s));
+}
+
+/* ---------- ADD archives ---------- */
+
+struct head_ctx {
+    unsigned char buf[512];
+    size_t n;
+};
+
+static int head_sink(void *ctx, const void *buf, size_t len)
+{
+    struct head_ctx *h = ctx;
+    size_t k = len < sizeof h->buf - h->n ? len : sizeof h->buf - h->n;
+    memcpy(h->buf + h->n, buf, k);
+    h->n += k;
+    return h->n == sizeof h->buf ? 1 : 0; /* 1 = stop early, enough bytes */
+}
+
+/* Docker's ADD unpacks local tar archives: plain, gzip, bzip2, xz (and zstd). */
+static int is_archive(ib_context *ctx, const char *path)
+{
+    struct head_ctx h = {{0}, 0};
+    if (ib_context_read(ctx, path, head_sink, &h) < 0) return 0;
+    const unsigned char *b = h.buf;
+    if (h.n >= 2 && b[0] == 0x1f && b[1] == 0x8b) return 1;
+    if (h.n >= 3 && !memcmp(b, "BZh", 3)) return 1;
+    if (h.n >= 6 && !memcmp(b, "\xfd" "7zXZ\0", 6)) return 1;
+    if (h.n >= 4 && !memcmp(b, "\x28\xb5\x2f\xfd", 4)) return 1;
+    if (h.n >= 262 && !memcmp(b + 257, "ustar", 5)) return 1;
+    return 0;
+}
+
+static int file_sink(void *ctx, const void *buf, size_t len)
+{
+    return fwrite(buf, 1, len, ctx) == len ? 0 : ib_error_errno(IB_ERR, "write");
+}
+
+static int add_archive(copier *c, const char *src, const char *dst, int idx, ib_context **keep)
+{
+    char *tarp = ib_xasprintf("%s/add-%d.tar", c->env->tmpdir, idx);
+    char *root = ib_xasprintf("%s/add-%d", c->env->tmpdir, idx);
+    FILE *fp = fopen(tarp, "wb");
+    int r = fp ? ib_context_read(c->ctx, src, file_sink, fp) : ib_error_errno(IB_ERR, "%s", tarp);
+    if (fp && fclose(fp) != 0 && r == 0) r = ib_error_errno(IB_ERR, "%s", tarp);
+    if (r == 0 && mkdir(root, 0755) < 0) r = ib_error_errno(IB_ERR, "mkdir %s", root);
+    if (r == 0) r = ib_layer_apply(NULL, root, tarp);
+    unlink(tarp);
+    free(tarp);
+    if (r == 0) r = ib_context_open_dir(keep, NULL, root, 0);
+    free(root);
+    if (r < 0) return r;
+    copier sub = *c;
+    sub.ctx = *keep;
+    sub.ignore = NULL;
+    return walk_dir(&sub, "", dst, "");
+}
+
+/* ---------- the instruction ---------- */
+
+static int parse_chmod(unsigned *out, const char *s)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 8);
+    if (!*s || *end || v > 07777)
+        return ib_error_set(IB_EINVALID, "--chmod=%s: expected an octal mode such as 0755", s);
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int is_url(const char *s)
+{
+    return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8) || !strncmp(s, "git@", 4) ||
+           !strncmp(s, "git://", 6) || !strncmp(s, "ssh://", 6);
+}
+
+int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr *in, int is_add)
+{
+    const char *kind = is_add ? "ADD" : "COPY";
+    copier c = {.env = env, .lb = ib_layer_builder_new(), .ctx = env->ctx, .ignore = env->ignore};
+    matches m = {0};
+    char **words = ib_xcalloc(in->nargs, sizeof *words);
+    char **heredoc_bodies = ib_xcalloc(in->nargs, sizeof *heredoc_bodies);
+    ib_context **archives = ib_xcalloc(in->nargs, sizeof *archives);
+    char *dest = NULL;
+    int r = 0;
+
+    if (ib_df_flag_get(in, "parents", NULL)) {
+        r = ib_error_set(IB_EINVALID, "%s --parents is not supported", kind);
+        goto out;
+    }
+    const char *chmod_s = ib_df_flag_get(in, "chmod", NULL);
+    if (chmod_s) {
+        if ((r = parse_chmod(&c.chmod, chmod_s)) < 0) goto out;
+        c.has_chmod = 1;
+    }
+    /* --exclude patterns behave like .dockerignore lines relative to each source. */
+    {
+        char *pat = NULL;
+        for (size_t i = 0; i < in->nflags; i++) {
+            if (strcmp(in->flags[i].name, "exclude") || !in->flags[i].value) continue;
+            char *np = ib_xasprintf("%s%s\n", pat ? pat : "", in->flags[i].value);
+            free(pat);
+            pat = np;
+        }
+        if (pat) {
+            r = ib_ignore_parse(&c.exclude, pat, strlen(pat), "--exclude");
+            free(pat);
+            if (r < 0) goto out;
+        }
+    }
+    for (size_t i = 0; i < in->nargs; i++) {
+        int heredoc = 0;
+        for (size_t h = 0; h < in->nheredocs; h++) {
+            const char *w = in->args[i];
+            if (strncmp(w, "<<", 2)) continue;
+            w += 2;
+            if (*w == '-') w++;
+            if (*w == '"' || *w == '\'') w++;
+            if (!strncmp(w, in->heredocs[h].name, strlen(in->heredocs[h].name))) heredoc = 1;
+        }
+        if (heredoc) {
+            words[i] = ib_xstrdup(in->args[i]);
+            continue;
+        }
+        r = ib_df_expand(&words[i], in->args[i], env->escape, env->lookup, env->lookup_ctx, env->df_name, in->line);
+        if (r < 0) goto out;
+    }
+    size_t nsrc = in->nargs - 1;
+    const char *draw = words[nsrc];
+    const char *wd = env->workdir && *env->workdir ? env->workdir : "/";
+    {
+        char *joined = draw[0] == '/' ? ib_xstrdup(draw) : ib_fs_join(wd, draw);
+        dest = ib_copy_clean_abs(joined);
+        free(joined);
+    }
+    size_t dl = strlen(draw);
+    int dest_dir = (dl && draw[dl - 1] == '/') || !strcmp(draw, ".") || (dl >= 2 && !strcmp(draw + dl - 2, "/.")) ||
+                   !strcmp(dest, "/");
+    /* Heredoc sources become files named after the delimiter. */
+    size_t nheredoc_src = 0;
+    for (size_t i = 0; i < nsrc; i++) {
+        if (strncmp(words[i], "<<", 2) || strcmp(words[i], in->args[i])) continue;
+        for (size_t h = 0; h < in->nheredocs; h++) {
+            const ib_df_heredoc *hd = &in->heredocs[h];
+            if (!strstr(words[i], hd->name)) continue;
+            char *body;
+            if (hd->expand) {
+                /* Expand $VAR in the body but keep quotes and backslashes: escape them first. */
+                size_t bl = strlen(hd->content);
+                char *esc = ib_xmalloc(bl * 2 + 1), *o = esc;
+                for (const char *p = hd->content; *p; p++) {
+                    if (*p == '"' || *p == '\'' || *p == env->escape) *o++ = env->escape;
+                    *o++ = *p;
+                }
+                *o = 0;
+                r = ib_df_expand(&body, esc, env->escape, env->lookup, env->lookup_ctx, env->df_name, in->line);
+                free(esc);
+                if (r < 0) goto out;
+            } else {
+                body = ib_xstrdup(hd->content);
+            }
+            heredoc_bodies[i] = body;
+            char *dp = dest_dir || nsrc > 1 ? ib_fs_join(dest, hd->name) : ib_xstrdup(dest);
+            ib_layer_entry e = {.path = dp + 1, .type = IB_LE_FILE, .mode = c.has_chmod ? c.chmod : 0644,
+                                .size = strlen(body), .src = body, .content = mem_content};
+            set_owner(&c, &e, 0, 0);
+            r = ib_layer_add(c.lb, &e);
+            free(dp);
+            if (r < 0) goto out;
+            nheredoc_src++;
+            break;
+        }
+    }
+    for (size_t i = 0; i < nsrc; i++) {
+        if (heredoc_bodies[i]) continue;
+        if (is_url(words[i])) {
+            r = ib_error_set(IB_EINVALID,
+                             "%s %s: remote sources are not supported (a build must depend only on the commit); "
+                             "vendor the file or fetch it in a RUN step",
+                             kind, words[i]);
+            goto out;
+        }
+        if ((r = collect_source(&m, env, words[i], kind)) < 0) goto out;
+    }
+    if (m.n + nheredoc_src > 1 && !dest_dir) {
+        r = ib_error_set(IB_EINVALID,
+                         "%s: with more than one source file, the destination must be a directory and end with a /",
+                         kind);
+        goto out;
+    }
+    for (size_t i = 0; i < m.n; i++) {
+        match *mt = &m.v[i];
+        if (mt->st.type == IB_CT_DIR) {
+            if (strcmp(dest, "/")) {
+                ib_ctx_stat dst = mt->st;
+                if ((r = add_one(&c, mt->path, &dst, dest + 1)) < 0) goto out;
+            }
+            if ((r = walk_dir(&c, mt->path, strcmp(dest, "/") ? dest + 1 : "", "")) < 0) goto out;
+            /* walk_dir with dest "" would give "/name": fix by cleaning in the writer (leading '/' stripped). */
+        } else {
+            char *dp = dest_dir ? ib_fs_join(dest, mt->name) : ib_xstrdup(dest);
+            if (!strcmp(dp, "/")) {
+                r = ib_error_set(IB_EINVALID, "%s %s: cannot replace the root directory", kind, mt->name);
+                free(dp);
+                goto out;
+            }
+            if (is_add && mt->st.type == IB_CT_FILE && is_archive(c.ctx, mt->path)) {
+                r = add_archive(&c, mt->path, dest + 1, (int)i, &archives[i]);
+            } else {
+                r = add_one(&c, mt->path, &mt->st, dp + 1);
+            }
+            free(dp);
+            if (r < 0) goto out;
+        }
+    }
+    r = ib_layer_write(res, c.lb, env->store, env->compression, env->threads, env->epoch);
+out:
+    if (r < 0 && strncmp(ib_error_last(), kind, strlen(kind))) ib_error_wrap(r, "%s", kind);
+    ib_layer_builder_free(c.lb);
+    ib_ignore_free(c.exclude);
+    matches_free(&m);
+    for (size_t i = 0; i < in->nargs; i++) {
+        free(words[i]);
+        free(heredoc_bodies[i]);
+        ib_context_free(archives[i]);
+    }
+    free(words);
+    free(heredoc_bodies);
+    free(archives);
+    free(dest);
+    return r;
+}

@@ -1,0 +1,1195 @@
+#include "build/executor.h"
+#include "build/context.h"
+#include "build/copy.h"
+#include "build/dockerfile.h"
+#include "build/ignore.h"
+#include "common/error.h"
+#include "common/fs.h"
+#include "layer/apply.h"
+#include "layer/writer.h"
+#include "oci/archive.h"
+#include "oci/image.h"
+#include "oci/reference.h"
+#include "oci/store.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define DOCKERFILE_MAX (4u << 20)
+
+/* ---------- ordered key/value lists (ENV, ARG) ---------- */
+
+typedef struct {
+    char *k, *v; /* v NULL: declared without a value */
+} kv;
+typedef struct {
+    kv *v;
+    size_t n;
+} kvlist;
+
+static kv *kv_find(const kvlist *l, const char *k)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i].k, k)) return &l->v[i];
+    return NULL;
+}
+
+static void kv_set(kvlist *l, const char *k, const char *v)
+{
+    kv *e = kv_find(l, k);
+    if (e) {
+        free(e->v);
+        e->v = v ? ib_xstrdup(v) : NULL;
+        return;
+    }
+    l->v = ib_xrealloc(l->v, (l->n + 1) * sizeof *l->v);
+    l->v[l->n].k = ib_xstrdup(k);
+    l->v[l->n].v = v ? ib_xstrdup(v) : NULL;
+    l->n++;
+}
+
+static void kv_clear(kvlist *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].k);
+        free(l->v[i].v);
+    }
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+static void kv_copy(kvlist *dst, const kvlist *src)
+{
+    for (size_t i = 0; i < src->n; i++) kv_set(dst, src->v[i].k, src->v[i].v);
+}
+
+/* ---------- build state ---------- */
+
+typedef struct stage {
+    size_t index;
+    char *name;       /* lowercased "AS" name, or NULL */
+    size_t first, end; /* instruction range [first, end) */
+    int needed, built;
+    char *base;       /* expanded FROM argument */
+    /* image being built */
+    json_t *cfg;      /* the "config" object of the image config */
+    json_t *history;
+    json_t *base_annotations;
+    ib_desc *layers;
+    char **diff_ids;
+    size_t nlayers;
+    kvlist env, args;
+    int cmd_from_base;
+    char *os, *arch;
+    /* root filesystem, materialised only when COPY --from or --chown needs it */
+    char *rootfs;
+    size_t rootfs_layers;
+} stage;
+
+typedef struct {
+    const ib_build_opts *o;
+    ib_progress *prog;
+    ib_store *store;
+    ib_context *ctx;
+    ib_git_info git;
+    ib_ignore *ignore;
+    ib_dockerfile *df;
+    char *df_name;
+    stage *stages;
+    size_t nstages;
+    kvlist meta;        /* global ARGs (before the first FROM) */
+    kvlist build_args;  /* --build-arg */
+    char **used_args;
+    size_t nused;
+    int64_t epoch;
+    char created[32];
+    char *tmpdir;
+    const char *os, *arch;
+    /* strings that must outlive layer writes (expanded heredocs) */
+    char **keep;
+    size_t nkeep;
+} build;
+
+static void mark_arg_used(build *b, const char *k)
+{
+    for (size_t i = 0; i < b->nused; i++)
+        if (!strcmp(b->used_args[i], k)) return;
+    b->used_args = ib_xrealloc(b->used_args, (b->nused + 1) * sizeof *b->used_args);
+    b->used_args[b->nused++] = ib_xstrdup(k);
+}
+
+/* ---------- expansion ---------- */
+
+typedef struct {
+    build *b;
+    stage *st; /* NULL: global scope (FROM lines) */
+} scope;
+
+static const char *lookup(void *vctx, const char *name)
+{
+    scope *sc = vctx;
+    if (sc->st) {
+        kv *e = kv_find(&sc->st->env, name);
+        if (e) return e->v;
+        e = kv_find(&sc->st->args, name);
+        if (e) return e->v;
+        return NULL;
+    }
+    kv *e = kv_find(&sc->b->meta, name);
+    return e ? e->v : NULL;
+}
+
+static int expand(char **out, build *b, stage *st, const char *word, int line)
+{
+    scope sc = {b, st};
+    return ib_df_expand(out, word, b->df->escape, lookup, &sc, b->df_name, line);
+}
+
+/* ---------- stage rootfs (COPY --from, --chown by name) ---------- */
+
+static int stage_rootfs(const char **out, build *b, stage *st)
+{
+    if (!st->rootfs) {
+        st->rootfs = ib_xasprintf("%s/rootfs-%zu", b->tmpdir, st->index);
+        if (mkdir(st->rootfs, 0755) < 0) return ib_error_errno(IB_ERR, "mkdir %s", st->rootfs);
+    }
+    for (; st->rootfs_layers < st->nlayers; st->rootfs_layers++) {
+        char *p = ib_store_blob_path(b->store, st->layers[st->rootfs_layers].digest);
+        int r = ib_layer_apply(NULL, st->rootfs, p);
+        free(p);
+        if (r < 0) return r;
+    }
+    *out = st->rootfs;
+    return 0;
+}
+
+/* ---------- base images ---------- */
+
+static void stage_init_empty(build *b, stage *st)
+{
+    st->cfg = json_object();
+    st->history = json_array();
+    st->os = ib_xstrdup(b->os);
+    st->arch = ib_xstrdup(b->arch);
+    kv_set(&st->env, "PATH", DEFAULT_PATH + 5);
+}
+
+static void env_from_json(kvlist *env, json_t *arr)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(arr, i, e)
+    {
+        const char *s = json_string_value(e);
+        if (!s) continue;
+        const char *eq = strchr(s, '=');
+        if (!eq) continue;
+        char *k = ib_xstrndup(s, (size_t)(eq - s));
+        kv_set(env, k, eq + 1);
+        free(k);
+    }
+}
+
+static void stage_from_stage(stage *st, const stage *src)
+{
+    st->cfg = json_deep_copy(src->cfg);
+    st->history = json_deep_copy(src->history);
+    st->nlayers = src->nlayers;
+    st->layers = ib_xcalloc(src->nlayers ? src->nlayers : 1, sizeof *st->layers);
+    st->diff_ids = ib_xcalloc(src->nlayers ? src->nlayers : 1, sizeof *st->diff_ids);
+    for (size_t i = 0; i < src->nlayers; i++) {
+        st->layers[i] = src->layers[i];
+        st->layers[i].media_type = ib_xstrdup(src->layers[i].media_type);
+        st->diff_ids[i] = ib_xstrdup(src->diff_ids[i]);
+    }
+    kv_copy(&st->env, &src->env);
+    st->cmd_from_base = json_object_get(st->cfg, "Cmd") != NULL;
+    st->os = ib_xstrdup(src->os);
+    st->arch = ib_xstrdup(src->arch);
+    if (src->base_annotations) st->base_annotations = json_deep_copy(src->base_annotations);
+}
+
+static int stage_from_image(build *b, stage *st, const char *refstr, int line)
+{
+    ib_ref ref;
+    int r = ib_ref_parse(&ref, refstr, "latest");
+    if (r < 0) return r;
+    char dg[IB_DIGEST_STRLEN + 1];
+    char *full = ib_ref_string(&ref);
+    if (ref.digest && !ref.tag) {
+        memcpy(dg, ref.digest, sizeof dg);
+        if (!ib_store_has_blob(b->store, dg, NULL))
+            r = ib_error_set(IB_ENOTFOUND, "base image %s is not in the local store", full);
+    } else {
+        r = ib_store_get_ref(dg, b->store, full);
+        if (r == 0 && ref.digest && strcmp(ref.digest, dg))
+            r = ib_error_set(IB_EINVALID, "base image %s: the local store has %s under that tag", full, dg);
+    }
+    if (r == IB_ENOTFOUND)
+        r = ib_error_set(IB_ENOTFOUND,
+                         "base image %s is not in the local store (add it with `imgbuild load IMAGE.tar`; "
+                         "pulling from registries comes with registry support)",
+                         full);
+    ib_ref_clear(&ref);
+    if (r < 0) {
+        free(full);
+        return r;
+    }
+    ib_image *img;
+    if ((r = ib_image_load(&img, b->store, dg)) < 0) {
+        free(full);
+        return r;
+    }
+    json_t *c = json_object_get(img->config, "config");
+    st->cfg = json_is_object(c) ? json_deep_copy(c) : json_object();
+    json_t *h = json_object_get(img->config, "history");
+    st->history = json_is_array(h) ? json_deep_copy(h) : json_array();
+    const char *os = json_string_value(json_object_get(img->config, "os"));
+    const char *arch = json_string_value(json_object_get(img->config, "architecture"));
+    st->os = ib_xstrdup(os ? os : b->os);
+    st->arch = ib_xstrdup(arch ? arch : b->arch);
+    if (strcmp(st->os, b->os) || strcmp(st->arch, b->arch))
+        ib_progress_msg(b->prog, "warning", "%s:%d: base image %s is %s/%s, building for %s/%s", b->df_name, line,
+                        full, st->os, st->arch, b->os, b->arch);
+    st->nlayers = img->nlayers;
+    st->layers = ib_xcalloc(img->nlayers ? img->nlayers : 1, sizeof *st->layers);
+    st->diff_ids = ib_xcalloc(img->nlayers ? img->nlayers : 1, sizeof *st->diff_ids);
+    for (size_t i = 0; i < img->nlayers; i++) {
+        st->layers[i] = img->layers[i];
+        st->layers[i].media_type = ib_xstrdup(img->layers[i].media_type);
+        st->diff_ids[i] = ib_xstrdup(img->diff_ids[i]);
+    }
+    env_from_json(&st->env, json_object_get(st->cfg, "Env"));
+    st->cmd_from_base = json_object_get(st->cfg, "Cmd") != NULL;
+    /* OCI annotations spec: record what the image was built on. */
+    st->base_annotations = json_pack("{s:s,s:s}", "org.opencontainers.image.base.name", full,
+                                     "org.opencontainers.image.base.digest", dg);
+    if (json_array_size(json_object_get(st->cfg, "OnBuild")))
+        ib_progress_msg(b->prog, "warning", "%s:%d: ONBUILD triggers of %s are not executed", b->df_name, line, full);
+    free(full);
+    ib_image_free(img);
+    return 0;
+}
+
+static stage *find_stage(build *b, const char *name, size_t before)
+{
+    for (size_t i = 0; i < before && i < b->nstages; i++)
+        if (b->stages[i].name && !strcasecmp(b->stages[i].name, name)) return &b->stages[i];
+    /* a stage index, as in COPY --from=0 */
+    char *end;
+    unsigned long n = strtoul(name, &end, 10);
+    if (*name && !*end && n < before) return &b->stages[n];
+    return NULL;
+}
+
+/* ---------- history and layers ---------- */
+
+static void add_history(build *b, stage *st, const char *created_by, int empty)
+{
+    json_t *h = json_object();
+    json_object_set_new(h, "created", json_string(b->created));
+    json_object_set_new(h, "created_by", json_string(created_by));
+    json_object_set_new(h, "comment", json_string("imgbuild"));
+    if (empty) json_object_set_new(h, "empty_layer", json_true());
+    json_array_append_new(st->history, h);
+}
+
+static void push_layer(stage *st, const ib_layer_result *lr)
+{
+    st->layers = ib_xrealloc(st->layers, (st->nlayers + 1) * sizeof *st->layers);
+    st->diff_ids = ib_xrealloc(st->diff_ids, (st->nlayers + 1) * sizeof *st->diff_ids);
+    ib_desc *d = &st->layers[st->nlayers];
+    d->media_type = ib_xstrdup(lr->media_type);
+    memcpy(d->digest, lr->digest, sizeof d->digest);
+    d->size = lr->size;
+    st->diff_ids[st->nlayers] = ib_xstrdup(lr->diff_id);
+    st->nlayers++;
+}
+
+/* ---------- instructions ---------- */
+
+static int json_strings(json_t **out, build *b, stage *st, const ib_df_instr *in, size_t from, int expand_words)
+{
+    json_t *a = json_array();
+    for (size_t i = from; i < in->nargs; i++) {
+        if (expand_words) {
+            char *w;
+            int r = expand(&w, b, st, in->args[i], in->line);
+            if (r < 0) {
+                json_decref(a);
+                return r;
+            }
+            json_array_append_new(a, json_string(w));
+            free(w);
+        } else {
+            json_array_append_new(a, json_string(in->args[i]));
+        }
+    }
+    *out = a;
+    return 0;
+}
+
+/* CMD/ENTRYPOINT/HEALTHCHECK CMD shell form runs under the stage's SHELL. */
+static json_t *shell_form(stage *st, const char *cmd)
+{
+    json_t *sh = json_object_get(st->cfg, "Shell");
+    json_t *a = json_is_array(sh) && json_array_size(sh) ? json_deep_copy(sh) : json_pack("[s,s]", "/bin/sh", "-c");
+    json_array_append_new(a, json_string(cmd));
+    return a;
+}
+
+static int parse_duration(int64_t *ns, const char *s, const char *flag)
+{
+    /* Go durations as Docker accepts them: "30s", "1m30s", "500ms", "1h". */
+    const char *p = s;
+    double total = 0;
+    if (!*p) return ib_error_set(IB_EINVALID, "--%s: empty duration", flag);
+    while (*p) {
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p) return ib_error_set(IB_EINVALID, "--%s=%s: invalid duration", flag, s);
+        p = end;
+        double mul;
+        if (!strncmp(p, "ns", 2)) mul = 1, p += 2;
+        else if (!strncmp(p, "us", 2)) mul = 1e3, p += 2;
+        else if (!strncmp(p, "ms", 2)) mul = 1e6, p += 2;
+        else if (*p == 's') mul = 1e9, p++;
+        else if (*p == 'm') mul = 60e9, p++;
+        else if (*p == 'h') mul = 3600e9, p++;
+        else return ib_error_set(IB_EINVALID, "--%s=%s: invalid duration (missing unit)", flag, s);
+        total += v * mul;
+    }
+    *ns = (int64_t)total;
+    return 0;
+}
+
+static int do_healthcheck(build *b, stage *st, const ib_df_instr *in)
+{
+    json_t *hc = json_object();
+    int r = 0;
+    if (in->nargs >= 1 && !strcasecmp(in->args[0], "NONE")) {
+        json_object_set_new(hc, "Test", json_pack("[s]", "NONE"));
+    } else {
+        json_t *test;
+        if (in->json_form) {
+            if ((r = json_strings(&test, b, st, in, 1, 0)) < 0) goto out;
+            json_array_insert_new(test, 0, json_string("CMD"));
+        } else {
+            test = json_pack("[s,s]", "CMD-SHELL", in->nargs > 1 ? in->args[1] : "");
+        }
+        json_object_set_new(hc, "Test", test);
+        static const struct { const char *flag, *key; } durs[] = {
+            {"interval", "Interval"}, {"timeout", "Timeout"}, {"start-period", "StartPeriod"},
+            {"start-interval", "StartInterval"}};
+        for (size_t i = 0; i < sizeof durs / sizeof *durs; i++) {
+            const char *v = ib_df_flag_get(in, durs[i].flag, NULL);
+            if (!v) continue;
+            int64_t ns;
+            if ((r = parse_duration(&ns, v, durs[i].flag)) < 0) goto out;
+            json_object_set_new(hc, durs[i].key, json_integer(ns));
+        }
+        const char *rv = ib_df_flag_get(in, "retries", NULL);
+        if (rv) {
+            char *end;
+            long n = strtol(rv, &end, 10);
+            if (*end || n < 0) {
+                r = ib_error_set(IB_EINVALID, "--retries=%s: not a non-negative integer", rv);
+                goto out;
+            }
+            json_object_set_new(hc, "Retries", json_integer(n));
+        }
+    }
+    json_object_set(st->cfg, "Healthcheck", hc);
+out:
+    json_decref(hc);
+    return r;
+}
+
+static int do_kv_list(build *b, stage *st, const ib_df_instr *in, int is_env)
+{
+    json_t *labels = NULL;
+    if (!is_env) {
+        labels = json_object_get(st->cfg, "Labels");
+        if (!json_is_object(labels)) {
+            labels = json_object();
+            json_object_set_new(st->cfg, "Labels", labels);
+        }
+    }
+    /* Docker expands every pair with the values in effect BEFORE this
+     * instruction: ENV A=1 B=$A uses the old A. */
+    char **ks = ib_xcalloc(in->nargs + 1, sizeof *ks);
+    int r = 0;
+    for (size_t i = 0; i + 1 < in->nargs + 1 && r == 0; i++) r = expand(&ks[i], b, st, in->args[i] ? in->args[i] : "", in->line);
+    for (size_t i = 0; r == 0 && i + 1 < in->nargs; i += 2) {
+        if (!*ks[i]) {
+            r = ib_error_set(IB_EINVALID, "%s: empty key", is_env ? "ENV" : "LABEL");
+            break;
+        }
+        if (is_env) kv_set(&st->env, ks[i], ks[i + 1]);
+        else json_object_set_new(labels, ks[i], json_string(ks[i + 1]));
+    }
+    for (size_t i = 0; i < in->nargs; i++) free(ks[i]);
+    free(ks);
+    return r;
+}
+
+static int do_arg(build *b, stage *st, const ib_df_instr *in, kvlist *into)
+{
+    for (size_t i = 0; i + 1 < in->nargs + 1; i += 2) {
+        const char *name = in->args[i];
+        const char *def = i + 1 < in->nargs ? in->args[i + 1] : NULL;
+        kv *ba = kv_find(&b->build_args, name);
+        char *val = NULL;
+        if (ba) {
+            val = ib_xstrdup(ba->v);
+            mark_arg_used(b, name);
+        } else if (def) {
+            int r = expand(&val, b, st, def, in->line);
+            if (r < 0) return r;
+        } else if (st) {
+            /* ARG NAME inside a stage re-imports the global value. */
+            kv *g = kv_find(&b->meta, name);
+            if (g && g->v) val = ib_xstrdup(g->v);
+        }
+        kv_set(into, name, val);
+        free(val);
+    }
+    return 0;
+}
+
+static int do_workdir(build *b, stage *st, const ib_df_instr *in)
+{
+    char *w;
+    int r = expand(&w, b, st, in->args[0], in->line);
+    if (r < 0) return r;
+    const char *cur = json_string_value(json_object_get(st->cfg, "WorkingDir"));
+    char *joined = w[0] == '/' ? ib_xstrdup(w) : ib_fs_join(cur && *cur ? cur : "/", w);
+    char *norm = ib_copy_clean_abs(joined);
+    json_object_set_new(st->cfg, "WorkingDir", json_string(norm));
+    free(norm);
+    free(joined);
+    free(w);
+    return 0;
+}
+
+static int do_expose(build *b, stage *st, const ib_df_instr *in)
+{
+    json_t *ports = json_object_get(st->cfg, "ExposedPorts");
+    if (!json_is_object(ports)) {
+        ports = json_object();
+        json_object_set_new(st->cfg, "ExposedPorts", ports);
+    }
+    for (size_t i = 0; i < in->nargs; i++) {
+        char *p;
+        int r = expand(&p, b, st, in->args[i], in->line);
+        if (r < 0) return r;
+        char *proto = strchr(p, '/');
+        char pr[16];
+        snprintf(pr, sizeof pr, "%s", proto ? proto + 1 : "tcp");
+        if (proto) *proto = 0;
+        for (char *q = pr; *q; q++) *q = (char)tolower((unsigned char)*q);
+        char *end;
+        long a = strtol(p, &end, 10), z = a;
+        if (*end == '-') z = strtol(end + 1, &end, 10);
+        if (*end || a < 1 || z > 65535 || z < a || (strcmp(pr, "tcp") && strcmp(pr, "udp") && strcmp(pr, "sctp"))) {
+            r = ib_error_set(IB_EINVALID, "EXPOSE %s: invalid port or protocol", in->args[i]);
+            free(p);
+            return r;
+        }
+        for (long n = a; n <= z; n++) {
+            char key[32];
+            snprintf(key, sizeof key, "%ld/%s", n, pr);
+            json_object_set_new(ports, key, json_object());
+        }
+        free(p);
+    }
+    return 0;
+}
+
+static int do_volume(build *b, stage *st, const ib_df_instr *in)
+{
+    json_t *vols = json_object_get(st->cfg, "Volumes");
+    if (!json_is_object(vols)) {
+        vols = json_object();
+        json_object_set_new(st->cfg, "Volumes", vols);
+    }
+    for (size_t i = 0; i < in->nargs; i++) {
+        char *v;
+        int r = in->json_form ? (v = ib_xstrdup(in->args[i]), 0) : expand(&v, b, st, in->args[i], in->line);
+        if (r < 0) return r;
+        if (!*v) {
+            free(v);
+            return ib_error_set(IB_EINVALID, "VOLUME specified can not be an empty string");
+        }
+        json_object_set_new(vols, v, json_object());
+        free(v);
+    }
+    return 0;
+}
+
+static void stage_label(char *out, size_t n, const stage *st)
+{
+    if (st->name) snprintf(out, n, "%s", st->name);
+    else snprintf(out, n, "stage-%zu", st->index);
+}
+
+static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int total)
+{
+    int r = 0;
+    char label[64];
+    stage_label(label, sizeof label, st);
+    ib_progress_step_begin(b->prog, label, n, total, in->original);
+    ib_layer_result lr;
+    int made_layer = 0;
+    switch (in->kind) {
+    case IB_DF_ENV:
+        r = do_kv_list(b, st, in, 1);
+        break;
+    case IB_DF_LABEL:
+        r = do_kv_list(b, st, in, 0);
+        break;
+    case IB_DF_ARG:
+        r = do_arg(b, st, in, &st->args);
+        break;
+    case IB_DF_MAINTAINER:
+        break; /* recorded in the top-level "author" when the config is written */
+    case IB_DF_WORKDIR:
+        r = do_workdir(b, st, in);
+        break;
+    case IB_DF_USER: {
+        char *u;
+        if ((r = expand(&u, b, st, in->args[0], in->line)) == 0) json_object_set_new(st->cfg, "User", json_string(u));
+        free(u);
+        break;
+    }
+    case IB_DF_STOPSIGNAL: {
+        char *s;
+        if ((r = expand(&s, b, st, in->args[0], in->line)) == 0)
+            json_object_set_new(st->cfg, "StopSignal", json_string(s));
+        free(s);
+        break;
+    }
+    case IB_DF_EXPOSE:
+        r = do_expose(b, st, in);
+        break;
+    case IB_DF_VOLUME:
+        r = do_volume(b, st, in);
+        break;
+    case IB_DF_SHELL: {
+        if (!in->json_form) {
+            r = ib_error_set(IB_EINVALID, "SHELL requires the arguments to be in JSON form");
+            break;
+        }
+        json_t *a;
+        if ((r = json_strings(&a, b, st, in, 0, 0)) == 0) json_object_set_new(st->cfg, "Shell", a);
+        break;
+    }
+    case IB_DF_CMD:
+    case IB_DF_ENTRYPOINT: {
+        json_t *a;
+        if (in->json_form) {
+            if ((r = json_strings(&a, b, st, in, 0, 0)) < 0) break;
+        } else {
+            a = shell_form(st, in->nargs ? in->args[0] : "");
+        }
+        if (in->kind == IB_DF_CMD) {
+            json_object_set_new(st->cfg, "Cmd", a);
+            st->cmd_from_base = 0;
+        } else {
+            json_object_set_new(st->cfg, "Entrypoint", a);
+            /* Docker: an ENTRYPOINT resets a CMD inherited from the base image. */
+            if (st->cmd_from_base) {
+                json_object_del(st->cfg, "Cmd");
+                st->cmd_from_base = 0;
+            }
+        }
+        break;
+    }
+    case IB_DF_HEALTHCHECK:
+        r = do_healthcheck(b, st, in);
+        break;
+    case IB_DF_ONBUILD: {
+        json_t *ob = json_object_get(st->cfg, "OnBuild");
+        if (!json_is_array(ob)) {
+            ob = json_array();
+            json_object_set_new(st->cfg, "OnBuild", ob);
+        }
+        json_array_append_new(ob, json_string(in->args[0]));
+        break;
+    }
+    case IB_DF_RUN:
+        r = ib_error_set(IB_EINVALID,
+                         "RUN is not available yet: executing commands needs the build sandbox; this build can "
+                         "only COPY/ADD files and set metadata");
+        break;
+    case IB_DF_COPY:
+    case IB_DF_ADD: {
+        ib_copy_env env = {.store = b->store,
+                           .tmpdir = b->tmpdir,
+                           .ctx = b->ctx,
+                           .ignore = b->ignore,
+                           .escape = b->df->escape,
+                           .lookup = lookup,
+                           .epoch = b->epoch,
+                           .compression = b->o->compression,
+                           .threads = b->o->threads,
+                           .df_name = b->df_name};
+        scope sc = {b, st};
+        env.lookup_ctx = &sc;
+        env.workdir = json_string_value(json_object_get(st->cfg, "WorkingDir"));
+        /* --from: a previous stage or an image; --chown by name: the stage's own /etc/passwd. */
+        const char *from = ib_df_flag_get(in, "from", NULL);
+        char *from_x = NULL;
+        ib_context *from_ctx = NULL;
+        stage tmp_img = {0};
+        if (from) {
+            if ((r = expand(&from_x, b, st, from, in->line)) < 0) break;
+            stage *src = find_stage(b, from_x, st->index);
+            const char *root;
+            if (!src) {
+                tmp_img.index = 1000 + st->index;
+                if ((r = stage_from_image(b, &tmp_img, from_x, in->line)) < 0) {
+                    ib_error_wrap(r, "--from=%s: no stage of that name before line %d, and", from_x, in->line);
+                    goto copy_out;
+                }
+                src = &tmp_img;
+            } else if (!src->built) {
+                r = ib_error_set(IB_EINVALID, "--from=%s: stage is not built", from_x);
+                goto copy_out;
+            }
+            if ((r = stage_rootfs(&root, b, src)) < 0) goto copy_out;
+            if ((r = ib_context_open_dir(&from_ctx, NULL, root, 0)) < 0) goto copy_out;
+            env.ctx = from_ctx;
+            env.ignore = NULL;
+        }
+        const char *chown = ib_df_flag_get(in, "chown", NULL);
+        if (chown) {
+            char *cx;
+            if ((r = expand(&cx, b, st, chown, in->line)) < 0) goto copy_out;
+            const char *root = NULL;
+            int numeric = 1;
+            for (const char *q = cx; *q; q++)
+                if (!isdigit((unsigned char)*q) && *q != ':') numeric = 0;
+            if (!numeric && (r = stage_rootfs(&root, b, st)) < 0) {
+                free(cx);
+                goto copy_out;
+            }
+            r = ib_copy_parse_chown(&env.uid, &env.gid, cx, root);
+            env.chown = 1;
+            free(cx);
+            if (r < 0) goto copy_out;
+        }
+        r = ib_copy_run(&lr, &env, in, in->kind == IB_DF_ADD);
+        if (r == 0) made_layer = 1;
+    copy_out:
+        free(from_x);
+        ib_context_free(from_ctx);
+        if (tmp_img.cfg) {
+            json_decref(tmp_img.cfg);
+            json_decref(tmp_img.history);
+            json_decref(tmp_img.base_annotations);
+            for (size_t i = 0; i < tmp_img.nlayers; i++) {
+                free(tmp_img.layers[i].media_type);
+                free(tmp_img.diff_ids[i]);
+            }
+            free(tmp_img.layers);
+            free(tmp_img.diff_ids);
+            kv_clear(&tmp_img.env);
+            free(tmp_img.os);
+            free(tmp_img.arch);
+            if (tmp_img.rootfs) ib_fs_rm_rf(tmp_img.rootfs);
+            free(tmp_img.rootfs);
+        }
+        break;
+    }
+    default:
+        r = ib_error_set(IB_EINVALID, "%s: unexpected here", ib_df_kind_name(in->kind));
+        break;
+    }
+    if (r < 0) {
+        ib_progress_step_end(b->prog, "ERROR", 0, NULL, NULL);
+        return r;
+    }
+    if (made_layer) {
+        push_layer(st, &lr);
+        add_history(b, st, in->original, 0);
+        ib_progress_step_end(b->prog, "DONE", lr.size, lr.digest, NULL);
+    } else {
+        add_history(b, st, in->original, 1);
+        ib_progress_step_end(b->prog, "DONE", 0, NULL, NULL);
+    }
+    return 0;
+}
+
+/* Adds "<file>:<line>: " unless the message already names a Dockerfile line. */
+static int at_line(build *b, int r, int line)
+{
+    size_t n = strlen(b->df_name);
+    const char *m = ib_error_last();
+    if (!strncmp(m, b->df_name, n) && m[n] == ':' && isdigit((unsigned char)m[n + 1])) return r;
+    return ib_error_wrap(r, "%s:%d", b->df_name, line);
+}
+
+static int build_stage(build *b, stage *st)
+{
+    const ib_df_instr *from = &b->df->instrs[st->first];
+    int total = (int)(st->end - st->first);
+    char label[64];
+    stage_label(label, sizeof label, st);
+    ib_progress_step_begin(b->prog, label, 1, total, from->original);
+    int r;
+    stage *src = find_stage(b, st->base, st->index);
+    if (!strcmp(st->base, "scratch")) {
+        stage_init_empty(b, st);
+        r = 0;
+    } else if (src && src->name && !strcasecmp(src->name, st->base)) {
+        stage_from_stage(st, src);
+        r = 0;
+    } else {
+        r = stage_from_image(b, st, st->base, from->line);
+    }
+    if (r < 0) {
+        ib_progress_step_end(b->prog, "ERROR", 0, NULL, NULL);
+        return at_line(b, r, from->line);
+    }
+    ib_progress_step_end(b->prog, "DONE", 0, NULL, NULL);
+    for (size_t i = st->first + 1; i < st->end; i++) {
+        const ib_df_instr *in = &b->df->instrs[i];
+        if ((r = run_instr(b, st, in, (int)(i - st->first) + 1, total)) < 0) return at_line(b, r, in->line);
+    }
+    st->built = 1;
+    return 0;
+}
+
+/* ---------- the image ---------- */
+
+static int write_image(build *b, stage *st, char *manifest_digest)
+{
+    json_t *cfg = json_deep_copy(st->cfg);
+    json_t *envj = json_array();
+    for (size_t i = 0; i < st->env.n; i++) {
+        char *e = ib_xasprintf("%s=%s", st->env.v[i].k, st->env.v[i].v ? st->env.v[i].v : "");
+        json_array_append_new(envj, json_string(e));
+        free(e);
+    }
+    json_object_set_new(cfg, "Env", envj);
+    json_t *labels = json_object_get(cfg, "Labels");
+    if (!json_is_object(labels)) {
+        labels = json_object();
+        json_object_set_new(cfg, "Labels", labels);
+    }
+    json_t *ann = json_object();
+    if (b->git.sha[0]) json_object_set_new(ann, "org.opencontainers.image.revision", json_string(b->git.sha));
+    if (b->git.origin) json_object_set_new(ann, "org.opencontainers.image.source", json_string(b->git.origin));
+    json_object_set_new(ann, "org.opencontainers.image.created", json_string(b->created));
+    json_object_update(labels, ann);
+    if (st->base_annotations) json_object_update(ann, st->base_annotations);
+
+    json_t *img = json_object();
+    json_object_set_new(img, "created", json_string(b->created));
+    for (size_t i = st->first; i < st->end; i++)
+        if (b->df->instrs[i].kind == IB_DF_MAINTAINER && b->df->instrs[i].nargs)
+            json_object_set_new(img, "author", json_string(b->df->instrs[i].args[0]));
+    json_object_set_new(img, "architecture", json_string(st->arch));
+    json_object_set_new(img, "os", json_string(st->os));
+    json_object_set_new(img, "config", cfg);
+    json_t *diffs = json_array();
+    for (size_t i = 0; i < st->nlayers; i++) json_array_append_new(diffs, json_string(st->diff_ids[i]));
+    json_object_set_new(img, "rootfs", json_pack("{s:s,s:o}", "type", "layers", "diff_ids", diffs));
+    json_object_set(img, "history", st->history);
+    char *cfg_s = ib_json_dump(img);
+    json_decref(img);
+    ib_desc cd = {IB_MT_OCI_CONFIG, {0}, strlen(cfg_s)};
+    int r = ib_store_put_blob(cd.digest, b->store, cfg_s, strlen(cfg_s));
+    free(cfg_s);
+    if (r < 0) {
+        json_decref(ann);
+        return r;
+    }
+    json_t *man = json_object();
+    json_object_set_new(man, "schemaVersion", json_integer(2));
+    json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
+    json_object_set_new(man, "config", ib_desc_to_json(&cd));
+    json_t *lays = json_array();
+    for (size_t i = 0; i < st->nlayers; i++) json_array_append_new(lays, ib_desc_to_json(&st->layers[i]));
+    json_object_set_new(man, "layers", lays);
+    json_object_set_new(man, "annotations", ann);
+    char *man_s = ib_json_dump(man);
+    json_decref(man);
+    r = ib_store_put_blob(manifest_digest, b->store, man_s, strlen(man_s));
+    free(man_s);
+    return r;
+}
+
+/* ---------- setup ---------- */
+
+static int64_t env_epoch(int *ok)
+{
+    const char *s = getenv("SOURCE_DATE_EPOCH");
+    *ok = 0;
+    if (!s || !*s) return 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*end || v < 0) return 0;
+    *ok = 1;
+    return (int64_t)v;
+}
+
+static char *default_name(const char *ctx_dir)
+{
+    char *real;
+    if (ib_fs_realpath(&real, ctx_dir) < 0) real = ib_xstrdup("image");
+    const char *base = strrchr(real, '/');
+    base = base && base[1] ? base + 1 : "image";
+    char *n = ib_xstrdup(base);
+    size_t w = 0;
+    for (char *p = n; *p; p++) {
+        char c = (char)tolower((unsigned char)*p);
+        if (isalnum((unsigned char)c) || ((c == '.' || c == '-' || c == '_') && w > 0)) n[w++] = c;
+    }
+    while (w > 0 && !isalnum((unsigned char)n[w - 1])) w--;
+    n[w] = 0;
+    if (!w) {
+        free(n);
+        n = ib_xstrdup("image");
+    }
+    free(real);
+    return n;
+}
+
+static int split_stages(build *b)
+{
+    const ib_dockerfile *df = b->df;
+    size_t i = 0;
+    for (; i < df->ninstrs && df->instrs[i].kind != IB_DF_FROM; i++) {
+        int r = do_arg(b, NULL, &df->instrs[i], &b->meta);
+        if (r < 0) return at_line(b, r, df->instrs[i].line);
+    }
+    for (; i < df->ninstrs; i++) {
+        if (df->instrs[i].kind != IB_DF_FROM) continue;
+        b->stages = ib_xrealloc(b->stages, (b->nstages + 1) * sizeof *b->stages);
+        stage *st = &b->stages[b->nstages];
+        memset(st, 0, sizeof *st);
+        st->index = b->nstages++;
+        st->first = i;
+        const ib_df_instr *in = &df->instrs[i];
+        int r = expand(&st->base, b, NULL, in->args[0], in->line);
+        if (r < 0) return at_line(b, r, in->line);
+        if (in->nargs >= 3) {
+            st->name = ib_xstrdup(in->args[2]);
+            for (char *p = st->name; *p; p++) *p = (char)tolower((unsigned char)*p);
+            for (size_t k = 0; k + 1 < b->nstages; k++)
+                if (b->stages[k].name && !strcmp(b->stages[k].name, st->name))
+                    return ib_error_set(IB_EINVALID, "%s:%d: duplicate stage name '%s'", b->df_name, in->line, st->name);
+        }
+    }
+    for (size_t k = 0; k < b->nstages; k++)
+        b->stages[k].end = k + 1 < b->nstages ? b->stages[k + 1].first : df->ninstrs;
+    return 0;
+}
+
+/* Marks the stages the target needs: its FROM chain and COPY --from sources.
+ * Unneeded stages are skipped, as BuildKit does. */
+static int mark_needed(build *b, size_t target)
+{
+    b->stages[target].needed = 1;
+    for (size_t k = target + 1; k-- > 0;) {
+        stage *st = &b->stages[k];
+        if (!st->needed) continue;
+        stage *dep = find_stage(b, st->base, k);
+        if (dep && dep->name && !strcasecmp(dep->name, st->base)) dep->needed = 1;
+        for (size_t i = st->first; i < st->end; i++) {
+            const char *from = ib_df_flag_get(&b->df->instrs[i], "from", NULL);
+            if (!from || (b->df->instrs[i].kind != IB_DF_COPY && b->df->instrs[i].kind != IB_DF_ADD)) continue;
+            char *fx;
+            if (expand(&fx, b, NULL, from, b->df->instrs[i].line) < 0) continue;
+            stage *d = find_stage(b, fx, k);
+            if (d) d->needed = 1;
+            else if (find_stage(b, fx, b->nstages)) {
+                int r = ib_error_set(IB_EINVALID, "%s:%d: --from=%s refers to a later stage", b->df_name,
+                                     b->df->instrs[i].line, fx);
+                free(fx);
+                return r;
+            }
+            free(fx);
+        }
+    }
+    return 0;
+}
+
+static void stage_free(stage *st)
+{
+    free(st->name);
+    free(st->base);
+    json_decref(st->cfg);
+    json_decref(st->history);
+    json_decref(st->base_annotations);
+    for (size_t i = 0; i < st->nlayers; i++) {
+        free(st->layers[i].media_type);
+        free(st->diff_ids[i]);
+    }
+    free(st->layers);
+    free(st->diff_ids);
+    kv_clear(&st->env);
+    kv_clear(&st->args);
+    free(st->os);
+    free(st->arch);
+    free(st->rootfs);
+}
+
+static int load_dockerfile(build *b)
+{
+    const ib_build_opts *o = b->o;
+    char *text = NULL;
+    size_t len = 0;
+    int r;
+    char *ign_name = NULL;
+    if (!o->file) {
+        b->df_name = ib_xstrdup("Dockerfile");
+        r = ib_context_read_all(&text, &len, b->ctx, "Dockerfile", DOCKERFILE_MAX);
+        if (r == IB_ENOTFOUND)
+            return ib_error_set(IB_EINVALID, "no Dockerfile in the context%s (use -f/--file)",
+                                o->worktree ? "" : " at this commit");
+        if (r < 0) return r;
+    } else {
+        b->df_name = ib_xstrdup(o->file);
+        if (o->worktree || !b->git.repo_root) {
+            r = ib_fs_read_all(&text, &len, o->file, DOCKERFILE_MAX);
+        } else {
+            /* -f names a file on disk; read that path from the commit instead. */
+            char *dir = ib_xstrdup(o->file), *slash = strrchr(dir, '/');
+            const char *base = slash ? slash + 1 : o->file;
+            if (slash) *slash = 0;
+            char *rdir;
+            r = ib_fs_realpath(&rdir, slash ? (*dir ? dir : "/") : ".");
+            if (r == 0) {
+                size_t n = strlen(b->git.repo_root);
+                if (strncmp(rdir, b->git.repo_root, n) || (rdir[n] && rdir[n] != '/')) {
+                    r = ib_error_set(IB_EINVALID, "-f %s: outside the repository %s; builds read the Dockerfile "
+                                                  "from the commit (or use --worktree)",
+                                     o->file, b->git.repo_root);
+                } else {
+                    char *rel = rdir[n] ? ib_xasprintf("%s/%s", rdir + n + 1, base) : ib_xstrdup(base);
+                    r = ib_context_read_repo_file(&text, &len, b->ctx, rel, DOCKERFILE_MAX);
+                    if (r == IB_ENOTFOUND)
+                        r = ib_error_set(IB_EINVALID, "-f %s: not in commit %.12s (%s); commit it or use --worktree",
+                                         o->file, b->git.sha, rel);
+                    free(rel);
+                }
+                free(rdir);
+            }
+            free(dir);
+        }
+        if (r < 0) return ib_error_wrap(r == IB_ENOTFOUND ? IB_EINVALID : r, "-f");
+        ign_name = ib_xasprintf("%s.dockerignore", strrchr(o->file, '/') ? strrchr(o->file, '/') + 1 : o->file);
+    }
+    r = ib_df_parse(&b->df, text, len, b->df_name);
+    free(text);
+    if (r < 0) {
+        free(ign_name);
+        return r;
+    }
+    /* BuildKit: <Dockerfile>.dockerignore next to the context root wins over .dockerignore. */
+    char *itext = NULL;
+    size_t ilen = 0;
+    const char *iname = ".dockerignore";
+    r = IB_ENOTFOUND;
+    if (ign_name) {
+        r = ib_context_read_all(&itext, &ilen, b->ctx, ign_name, DOCKERFILE_MAX);
+        if (r == 0) iname = ign_name;
+    }
+    if (r == IB_ENOTFOUND) r = ib_context_read_all(&itext, &ilen, b->ctx, ".dockerignore", DOCKERFILE_MAX);
+    if (r == IB_ENOTFOUND) {
+        b->ignore = ib_ignore_new_empty();
+        r = 0;
+    } else if (r == 0) {
+        r = ib_ignore_parse(&b->ignore, itext, ilen, iname);
+    }
+    free(itext);
+    free(ign_name);
+    return r;
+}
+
+static int parse_platform(build *b)
+{
+    const char *p = b->o->platform ? b->o->platform : "linux/amd64";
+    static char os[32], arch[32];
+    const char *slash = strchr(p, '/');
+    if (!slash || slash == p || !slash[1] || (size_t)(slash - p) >= sizeof os)
+        return ib_error_set(IB_EUSAGE, "--platform %s: expected OS/ARCH, e.g. linux/amd64", p);
+    snprintf(os, sizeof os, "%.*s", (int)(slash - p), p);
+    snprintf(arch, sizeof arch, "%s", slash + 1);
+    char *v = strchr(arch, '/');
+    if (v) *v = 0; /* variant: recorded in TARGETVARIANT only */
+    b->os = os;
+    b->arch = arch;
+    kv_set(&b->meta, "TARGETPLATFORM", p);
+    kv_set(&b->meta, "TARGETOS", os);
+    kv_set(&b->meta, "TARGETARCH", arch);
+    kv_set(&b->meta, "TARGETVARIANT", v ? v + 1 : "");
+    kv_set(&b->meta, "BUILDPLATFORM", "linux/amd64");
+    kv_set(&b->meta, "BUILDOS", "linux");
+    kv_set(&b->meta, "BUILDARCH", "amd64");
+    return 0;
+}
+
+static const char *const proxy_args[] = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
+                                         "ftp_proxy",  "NO_PROXY",   "no_proxy",    "ALL_PROXY",   "all_proxy"};
+
+int ib_build(ib_build_result *res, const ib_build_opts *o)
+{
+    memset(res, 0, sizeof *res);
+    build bb = {0}, *b = &bb;
+    b->o = o;
+    b->prog = o->progress;
+    const char *ctx_dir = o->context_dir ? o->context_dir : ".";
+    int r;
+    char *cache = o->cache_dir ? ib_xstrdup(o->cache_dir) : ib_store_default_dir();
+    char *name = NULL;
+    char *tmp_out = NULL;
+    (void)tmp_out;
+
+    for (size_t i = 0; i < o->nbuild_args; i++) {
+        const char *a = o->build_args[i];
+        const char *eq = strchr(a, '=');
+        char *k = eq ? ib_xstrndup(a, (size_t)(eq - a)) : ib_xstrdup(a);
+        const char *v = eq ? eq + 1 : getenv(k);
+        if (!*k) {
+            free(k);
+            r = ib_error_set(IB_EUSAGE, "--build-arg '%s': expected KEY=VALUE", a);
+            goto out;
+        }
+        /* "--build-arg K" without a value takes K from the environment, or is ignored. */
+        if (v) kv_set(&b->build_args, k, v);
+        free(k);
+    }
+    if ((r = parse_platform(b)) < 0) goto out;
+    if ((r = ib_store_open(&b->store, cache)) < 0) goto out;
+    if (o->worktree) r = ib_context_open_dir(&b->ctx, &b->git, ctx_dir, 1);
+    else r = ib_context_open_git(&b->ctx, &b->git, ctx_dir, o->rev ? o->rev : "HEAD");
+    if (r < 0) goto out;
+
+    int ok;
+    b->epoch = env_epoch(&ok);
+    if (!ok) b->epoch = b->git.time;
+    ib_rfc3339(b->created, b->epoch);
+
+    if ((r = load_dockerfile(b)) < 0) goto out;
+    if ((r = split_stages(b)) < 0) goto out;
+    if (b->nstages == 0) {
+        r = ib_error_set(IB_EINVALID, "%s: no FROM instruction", b->df_name);
+        goto out;
+    }
+    size_t target = b->nstages - 1;
+    if (o->target) {
+        stage *t = NULL;
+        for (size_t i = 0; i < b->nstages; i++)
+            if (b->stages[i].name && !strcasecmp(b->stages[i].name, o->target)) t = &b->stages[i];
+        if (!t) {
+            r = ib_error_set(IB_EUSAGE, "--target '%s': no stage of that name in %s", o->target, b->df_name);
+            goto out;
+        }
+        target = t->index;
+    }
+    if ((r = mark_needed(b, target)) < 0) goto out;
+
+    char *tmpl = ib_xasprintf("%s/tmp/build-XXXXXX", cache);
+    if (!mkdtemp(tmpl)) {
+        r = ib_error_errno(IB_ERR, "mkdtemp %s", tmpl);
+        free(tmpl);
+        goto out;
+    }
+    b->tmpdir = tmpl;
+
+    for (size_t i = 0; i <= target; i++) {
+        if (!b->stages[i].needed) continue;
+        if ((r = build_stage(b, &b->stages[i])) < 0) goto out;
+    }
+    for (size_t i = 0; i < b->build_args.n; i++) {
+        const char *k = b->build_args.v[i].k;
+        int used = 0;
+        for (size_t u = 0; u < b->nused && !used; u++) used = !strcmp(b->used_args[u], k);
+        for (size_t p = 0; p < sizeof proxy_args / sizeof *proxy_args && !used; p++) used = !strcmp(proxy_args[p], k);
+        if (!used) ib_progress_msg(b->prog, "warning", "build-arg %s was not consumed by any ARG in %s", k, b->df_name);
+    }
+
+    stage *fin = &b->stages[target];
+    if ((r = write_image(b, fin, res->digest)) < 0) goto out;
+
+    /* Names: tag sha-<commit>, repository from --name or the context dir. */
+    if (o->name) {
+        ib_ref ref;
+        if ((r = ib_ref_parse(&ref, o->name, NULL)) < 0) {
+            r = ib_error_wrap(IB_EUSAGE, "--name");
+            goto out;
+        }
+        int has_tag = ref.tag || ref.digest;
+        ib_ref_clear(&ref);
+        if (has_tag) {
+            r = ib_error_set(IB_EUSAGE, "--name %s: give the repository only; the tag is sha-<commit>", o->name);
+            goto out;
+        }
+        name = ib_xstrdup(o->name);
+    } else {
+        name = default_name(ctx_dir);
+    }
+    if (b->git.sha[0]) res->tag = ib_xasprintf("sha-%s%s", b->git.sha, o->worktree ? "-dirty" : "");
+    else res->tag = ib_xstrdup("dirty");
+    res->name = ib_xasprintf("%s:%s", name, res->tag);
+    {
+        ib_ref ref;
+        if ((r = ib_ref_parse(&ref, res->name, NULL)) < 0) goto out;
+        res->full_name = ib_ref_string(&ref);
+        ib_ref_clear(&ref);
+    }
+    memcpy(res->revision, b->git.sha, sizeof res->revision);
+    res->nlayers = fin->nlayers;
+    if ((r = ib_store_set_ref(b->store, res->full_name, res->digest)) < 0) goto out;
+    if (o->output) {
+        res->output = ib_xstrdup(o->output);
+    } else {
+        const char *last = strrchr(name, '/');
+        res->output = ib_xasprintf("%s.tar", last ? last + 1 : name);
+    }
+    if ((r = ib_archive_write(res->output, b->store, res->digest, res->tag, res->full_name, b->epoch)) < 0) goto out;
+    struct stat sb;
+    if (stat(res->output, &sb) == 0) res->output_size = (uint64_t)sb.st_size;
+out:
+    if (b->tmpdir) ib_fs_rm_rf(b->tmpdir);
+    free(b->tmpdir);
+    for (size_t i = 0; i < b->nstages; i++) stage_free(&b->stages[i]);
+    free(b->stages);
+    kv_clear(&b->meta);
+    kv_clear(&b->build_args);
+    for (size_t i = 0; i < b->nused; i++) free(b->used_args[i]);
+    free(b->used_args);
+    for (size_t i = 0; i < b->nkeep; i++) free(b->keep[i]);
+    free(b->keep);
+    ib_df_free(b->df);
+    ib_ignore_free(b->ignore);
+    free(b->df_name);
+    ib_context_free(b->ctx);
+    ib_git_info_clear(&b->git);
+    ib_store_free(b->store);
+    free(cache);
+    free(name);
+    if (r < 0) ib_build_result_clear(res);
+    return r;
+}
+
+void ib_build_result_clear(ib_build_result *r)
+{
+    free(r->tag);
+    free(r->name);
+    free(r->full_name);
+    free(r->output);
+    memset(r, 0, sizeof *r);
+}

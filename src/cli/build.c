@@ -1,0 +1,175 @@
+#include "build/executor.h"
+#include "cli/cli.h"
+#include "common/error.h"
+#include "common/progress.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char help[] =
+    "usage: imgbuild [build] [CONTEXT] [flags]\n"
+    "\n"
+    "Builds CONTEXT's Dockerfile from a git commit's tree into an OCI image tarball\n"
+    "tagged sha-<full commit SHA>. The same commit always gives the same digest.\n"
+    "\n"
+    "  -f, --file PATH          Dockerfile (default CONTEXT/Dockerfile, read from the commit)\n"
+    "      --tag REV            commit to build: SHA (full or abbreviated), branch or tag (default HEAD)\n"
+    "      --worktree           build the files on disk, uncommitted changes included (tag gets -dirty)\n"
+    "  -o, --output PATH        image tarball (default NAME.tar)\n"
+    "      --name NAME          repository name for the image (default: the context directory's name)\n"
+    "      --target STAGE       build this stage instead of the last\n"
+    "      --build-arg K=V      set a build argument (repeatable)\n"
+    "      --compression ALGO   gzip (default), zstd or none\n"
+    "      --platform OS/ARCH   target platform (default linux/amd64)\n"
+    "      --cache-dir DIR      store and cache (env IMGBUILD_CACHE; default $XDG_CACHE_HOME/imgbuild)\n"
+    "      --no-cache           build every step\n"
+    "      --progress MODE      auto, plain, tty, json or quiet (default auto)\n"
+    "  -j, --jobs N             compression threads (default: all cores)\n"
+    "  -q, --quiet              print only the image digest\n"
+    "  -h, --help               this help\n"
+    "\n"
+    "SOURCE_DATE_EPOCH overrides the commit time used for timestamps.\n";
+
+enum {
+    O_TAG = 256, O_WORKTREE, O_NAME, O_TARGET, O_BUILD_ARG, O_COMPRESSION, O_CACHE_DIR, O_NO_CACHE,
+    O_CACHE_FROM, O_CACHE_TO, O_SECRET, O_NETWORK, O_PLATFORM, O_PROGRESS
+};
+
+int ib_cmd_build(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"file", required_argument, 0, 'f'},         {"tag", required_argument, 0, O_TAG},
+        {"output", required_argument, 0, 'o'},       {"worktree", no_argument, 0, O_WORKTREE},
+        {"name", required_argument, 0, O_NAME},      {"target", required_argument, 0, O_TARGET},
+        {"build-arg", required_argument, 0, O_BUILD_ARG}, {"compression", required_argument, 0, O_COMPRESSION},
+        {"cache-dir", required_argument, 0, O_CACHE_DIR}, {"no-cache", no_argument, 0, O_NO_CACHE},
+        {"cache-from", required_argument, 0, O_CACHE_FROM}, {"cache-to", required_argument, 0, O_CACHE_TO},
+        {"secret", required_argument, 0, O_SECRET},  {"network", required_argument, 0, O_NETWORK},
+        {"platform", required_argument, 0, O_PLATFORM}, {"progress", required_argument, 0, O_PROGRESS},
+        {"jobs", required_argument, 0, 'j'},         {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},               {0, 0, 0, 0}};
+    ib_build_opts o = {0};
+    o.compression = IB_COMP_GZIP;
+    const char **bargs = NULL;
+    size_t nb = 0;
+    int quiet = 0, c, rc = IB_EXIT_USAGE;
+    ib_prog_mode pm = IB_PROG_AUTO;
+    int pm_set = 0;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:o:j:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': o.file = optarg; break;
+        case 'o': o.output = optarg; break;
+        case O_TAG: o.rev = optarg; break;
+        case O_WORKTREE: o.worktree = 1; break;
+        case O_NAME: o.name = optarg; break;
+        case O_TARGET: o.target = optarg; break;
+        case O_BUILD_ARG:
+            bargs = realloc(bargs, (nb + 1) * sizeof *bargs);
+            if (!bargs) abort();
+            bargs[nb++] = optarg;
+            break;
+        case O_COMPRESSION:
+            if (ib_compress_parse(&o.compression, optarg) < 0) {
+                rc = ib_cli_fail(IB_EUSAGE);
+                goto out;
+            }
+            break;
+        case O_CACHE_DIR: o.cache_dir = optarg; break;
+        case O_NO_CACHE: break; /* no step cache exists yet: every step is built */
+        case O_CACHE_FROM:
+        case O_CACHE_TO:
+            rc = ib_cli_usage_error("--cache-from/--cache-to: a registry-shared cache is not available in this version");
+            goto out;
+        case O_SECRET:
+            rc = ib_cli_usage_error("--secret: secrets are only used by RUN, which this version cannot execute");
+            goto out;
+        case O_NETWORK:
+            if (strcmp(optarg, "host") && strcmp(optarg, "none") && strcmp(optarg, "default")) {
+                rc = ib_cli_usage_error("--network %s: expected host or none", optarg);
+                goto out;
+            }
+            break;
+        case O_PLATFORM: o.platform = optarg; break;
+        case O_PROGRESS:
+            if (ib_progress_parse(&pm, optarg) < 0) {
+                rc = ib_cli_fail(IB_EUSAGE);
+                goto out;
+            }
+            pm_set = 1;
+            break;
+        case 'j': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 1 || n > 256) {
+                rc = ib_cli_usage_error("--jobs %s: expected a number from 1 to 256", optarg);
+                goto out;
+            }
+            o.threads = (int)n;
+            break;
+        }
+        case 'q': quiet = 1; break;
+        case 'h':
+            fputs(help, stdout);
+            rc = 0;
+            goto out;
+        case ':':
+            rc = ib_cli_usage_error("%s: missing value", argv[optind - 1]);
+            goto out;
+        default:
+            rc = ib_cli_usage_error("unknown flag %s (see 'imgbuild build --help')", argv[optind - 1]);
+            goto out;
+        }
+    }
+    if (optind < argc) o.context_dir = argv[optind++];
+    if (optind < argc) {
+        rc = ib_cli_usage_error("unexpected argument '%s' (one CONTEXT only)", argv[optind]);
+        goto out;
+    }
+    if (o.rev && !*o.rev) {
+        rc = ib_cli_usage_error("--tag: empty revision");
+        goto out;
+    }
+    if (o.rev && o.worktree) {
+        rc = ib_cli_usage_error("--tag and --worktree exclude each other: --worktree builds the files on disk");
+        goto out;
+    }
+    if (quiet && !pm_set) pm = IB_PROG_QUIET;
+    o.build_args = bargs;
+    o.nbuild_args = nb;
+    o.progress = ib_progress_new(pm, stderr);
+    ib_build_result res;
+    int r = ib_build(&res, &o);
+    if (r < 0) {
+        rc = ib_cli_fail(r);
+        ib_progress_free(o.progress);
+        goto out;
+    }
+    if (pm == IB_PROG_JSON) {
+        json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I,s:s,s:i}", "name", res.name, "full_name", res.full_name,
+                              "tag", res.tag, "digest", res.digest, "output", res.output, "output_size",
+                              (json_int_t)res.output_size, "revision", res.revision, "layers", (int)res.nlayers);
+        char *s = json_dumps(j, JSON_COMPACT);
+        ib_progress_result(o.progress, s);
+        free(s);
+        json_decref(j);
+    }
+    if (quiet) {
+        printf("%s\n", res.digest);
+    } else {
+        char hs[32];
+        ib_human_size(hs, res.output_size);
+        printf("Image   %s\nTag     %s\nDigest  %s\nOutput  %s (%s, %zu layer%s)\n", res.name, res.tag, res.digest,
+               res.output, hs, res.nlayers, res.nlayers == 1 ? "" : "s");
+    }
+    ib_progress_free(o.progress);
+    ib_build_result_clear(&res);
+    rc = 0;
+out:
+    free(bargs);
+    return rc;
+}
