@@ -23,9 +23,9 @@ struct ib_context {
     git_tree *tree;       /* context subtree */
     /* dir */
     char *dir;
+    int git_ref; /* holds a libgit2 init reference (dir contexts look up HEAD) */
 };
 
-static int git_inited;
 
 static int git_fail(int code, const char *what)
 {
@@ -33,16 +33,17 @@ static int git_fail(int code, const char *what)
     return ib_error_set(code, "%s: %s", what, e && e->message ? e->message : "libgit2 error");
 }
 
+/* Every open context holds one libgit2 init reference, released by
+ * ib_context_free, so libgit2's global state (and pcre2's match data with
+ * it) is torn down when the last context goes. */
 static void git_init_once(void)
 {
-    if (git_inited) return;
     git_libgit2_init();
     /* Bound libgit2's memory so a huge repository cannot push the builder
      * past its memory budget: a small object cache and mmap window. */
     git_libgit2_opts(GIT_OPT_SET_CACHE_MAX_SIZE, (ssize_t)(16 << 20));
     git_libgit2_opts(GIT_OPT_SET_MWINDOW_MAPPED_LIMIT, (size_t)(32 << 20));
     git_libgit2_opts(GIT_OPT_SET_MWINDOW_SIZE, (size_t)(8 << 20));
-    git_inited = 1;
 }
 
 void ib_git_info_clear(ib_git_info *g)
@@ -92,27 +93,32 @@ static int fill_repo_info(ib_git_info *info, git_repository *repo, const char *c
         git_oid_tostr(info->sha, sizeof info->sha, git_commit_id(commit));
         info->time = (int64_t)git_commit_time(commit);
     }
-    git_remote *rem;
-    if (git_remote_lookup(&rem, repo, "origin") == 0) {
-        if (git_remote_url(rem)) info->origin = strip_credentials(git_remote_url(rem));
-        git_remote_free(rem);
+    /* A plain config read: git_remote_lookup runs regex matches through
+     * pcre2, whose match data libgit2 1.5 never frees. */
+    git_config *cfg;
+    if (git_repository_config_snapshot(&cfg, repo) == 0) {
+        const char *url;
+        if (git_config_get_string(&url, cfg, "remote.origin.url") == 0) info->origin = strip_credentials(url);
+        git_config_free(cfg);
     }
     return 0;
 }
 
 int ib_context_open_git(ib_context **out, ib_git_info *info, const char *ctx_dir, const char *rev)
 {
-    git_init_once();
     memset(info, 0, sizeof *info);
     struct stat st;
     if (stat(ctx_dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return ib_error_set(IB_EINVALID, "context %s: not a directory", ctx_dir);
+    git_init_once();
     git_repository *repo;
-    if (git_repository_open_ext(&repo, ctx_dir, 0, NULL) < 0)
+    if (git_repository_open_ext(&repo, ctx_dir, 0, NULL) < 0) {
+        git_libgit2_shutdown();
         return ib_error_set(IB_EINVALID,
                             "context %s is not in a git repository: commit it, or pass --worktree to build the "
                             "files as they are",
                             ctx_dir);
+    }
     git_object *obj = NULL, *peeled = NULL;
     int r;
     if (git_revparse_single(&obj, repo, rev) < 0) {
@@ -120,12 +126,14 @@ int ib_context_open_git(ib_context **out, ib_git_info *info, const char *ctx_dir
         r = ib_error_set(IB_EINVALID, "--tag '%s': no such commit in %s (%s)", rev, git_repository_workdir(repo) ? git_repository_workdir(repo) : ctx_dir,
                          e && e->message ? e->message : "unknown revision");
         git_repository_free(repo);
+        git_libgit2_shutdown();
         return r;
     }
     if (git_object_peel(&peeled, obj, GIT_OBJECT_COMMIT) < 0) {
         r = ib_error_set(IB_EINVALID, "--tag '%s': does not name a commit", rev);
         git_object_free(obj);
         git_repository_free(repo);
+        git_libgit2_shutdown();
         return r;
     }
     git_object_free(obj);
@@ -175,9 +183,10 @@ int ib_context_open_dir(ib_context **out, ib_git_info *info, const char *dir, in
         free(c);
         return r;
     }
+    c->git_ref = 1;
+    git_init_once();
     if (info) {
         memset(info, 0, sizeof *info);
-        git_init_once();
         git_repository *repo;
         if (git_repository_open_ext(&repo, dir, 0, NULL) == 0) {
             git_object *obj;
@@ -206,6 +215,7 @@ void ib_context_free(ib_context *c)
     git_tree_free(c->tree);
     git_tree_free(c->root_tree);
     git_repository_free(c->repo);
+    if (c->kind == CTX_GIT || c->git_ref) git_libgit2_shutdown();
     free(c->dir);
     free(c);
 }

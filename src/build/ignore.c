@@ -44,7 +44,6 @@ typedef struct {
 } tok;
 
 typedef struct {
-    char *text;       /* cleaned pattern without the '!', for diagnostics */
     int exception;    /* '!' pattern: re-includes what it matches */
     int literal;      /* one TK_LIT and nothing else: compared directly */
     tok *toks;
@@ -324,7 +323,6 @@ fail:
 
 static void pattern_free(pattern *pt)
 {
-    free(pt->text);
     free(pt->toks);
     free(pt->lit);
     free(pt->ranges);
@@ -391,7 +389,7 @@ int ib_ignore_parse(ib_ignore **out, const char *text, size_t len, const char *f
         }
         size_t linelen = (invert ? 1 : 0) + cl;
         char *line = ib_xmalloc(linelen + 1);
-        line[0] = '!';
+        if (invert) line[0] = '!';
         if (cl) memcpy(line + (invert ? 1 : 0), cleaned, cl);
         line[linelen] = 0;
         free(cleaned);
@@ -424,7 +422,6 @@ int ib_ignore_parse(ib_ignore **out, const char *text, size_t len, const char *f
             ib_ignore_free(ig);
             return rc;
         }
-        pt.text = ib_xstrndup(body, cl);
         free(pat);
         if (ig->n == cap) {
             cap = cap ? 2 * cap : 8;

@@ -183,6 +183,10 @@ static void preprocessing(void)
     CHECK_INT(excl("*.log\r\n!keep.log\r\n", "app.log"), 1);
     CHECK_INT(excl("\xEF\xBB\xBF" "secret.txt\n", "secret.txt"), 1);
     CHECK_INT(excl("*.log\xC2\xA0\n", "a.log"), 1); /* TrimSpace is Unicode-aware */
+    /* moby trims again after dropping the leading '/', but not after '!'. */
+    CHECK_INT(excl("/ a\n", "a"), 1);
+    CHECK_INT(excl("*\n!/ a\n", "a"), 1);
+    CHECK_INT(excl("*\n!/ a\n", " a"), 0);
     /* Only '#' in column 1 is a comment; blank lines are skipped. */
     ib_ignore *ig = parse("# c\n\n   \n  #x\nfoo\n");
     CHECK_INT(ib_ignore_count(ig), 2);
@@ -235,6 +239,12 @@ static void globbing(void)
     CHECK_INT(excl("*.py[cod]\n", "pkg/__pycache__/m.pyc"), 0); /* '*' is one level */
     CHECK_INT(excl("**/*.py[cod]\n", "pkg/__pycache__/m.pyc"), 1);
     CHECK_INT(excl("**/*.py[cod]\n", "pkg/m.py"), 0);
+    CHECK_INT(excl("[ab]x[cd]y[^e]\n", "bxdyz"), 1); /* several classes in one pattern */
+    CHECK_INT(excl("[ab]x[cd]y[^e]\n", "bxdye"), 0);
+    /* '*' steps whole characters (moby's regexp does), so the two classes
+     * cannot split the 3-byte U+263A between them. */
+    CHECK_INT(excl("*[^a][^a]\n", "\xe2\x98\xba"), 0);
+    CHECK_INT(excl("*[^a][^a]\n", "\xe2\x98\xba\xe2\x98\xba"), 1);
     /* "**" corners exactly as moby has them. */
     CHECK_INT(excl("**foo\n", "xfoo"), 1);  /* HasSuffix */
     CHECK_INT(excl("**foo*\n", "xfoo"), 0); /* a regexp there: foo must start a name */

@@ -1,0 +1,118 @@
+# tests/e2e/lib.sh — sourced by every tNNNN-*.sh (git's t/test-lib.sh style).
+# Each test script runs in its own temp dir with its own cache and HOME, so
+# tests are independent and can run in parallel under ctest.
+set -u
+
+IB_SRC=${IB_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+IMGBUILD=$(realpath "${IMGBUILD:-$IB_SRC/build/imgbuild}")
+TEST_NAME=$(basename "$0" .sh)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ib-$TEST_NAME-XXXXXX")
+export IMGBUILD_CACHE="$TMP/cache"
+export HOME="$TMP/home"
+mkdir -p "$HOME"
+# Hermetic git: no system/global config, fixed identities and dates.
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+export GIT_AUTHOR_NAME="Test Author" GIT_AUTHOR_EMAIL=author@example.com
+export GIT_COMMITTER_NAME="Test Committer" GIT_COMMITTER_EMAIL=committer@example.com
+export GIT_AUTHOR_DATE="2024-05-01T12:00:00Z" GIT_COMMITTER_DATE="2024-05-01T12:00:00Z"
+unset SOURCE_DATE_EPOCH CI_DEBUG 2>/dev/null || true
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:exitcode=86}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcode=87}
+
+ib_pass=0
+ib_fail=0
+SANITIZER_MARK="$TMP/.sanitizer-report"
+
+cleanup() {
+    if [ "${IB_KEEP_TMP:-}" = 1 ]; then echo "# kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+
+say() { printf '# %s\n' "$*"; }
+
+# ib ARGS...: runs imgbuild; stderr is shown and kept in $TMP/last.err.
+# A sanitizer report anywhere fails the whole script.
+ib() {
+    local rc=0
+    "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
+    cat "$TMP/last.err" >&2
+    if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:|UndefinedBehaviorSanitizer' "$TMP/last.err"; then
+        cp "$TMP/last.err" "$SANITIZER_MARK"
+    fi
+    return $rc
+}
+
+# test_expect_success DESC BODY — BODY runs in a subshell with errexit.
+test_expect_success() {
+    local desc=$1 body=$2
+    if (set -e; eval "$body") >"$TMP/out.log" 2>&1; then
+        ib_pass=$((ib_pass + 1))
+        echo "ok - $desc"
+    else
+        ib_fail=$((ib_fail + 1))
+        echo "not ok - $desc"
+        sed 's/^/#   /' "$TMP/out.log" | tail -n 40
+    fi
+}
+
+# expect_error PATTERN CMD... — CMD must exit 1 with exactly one stderr line
+# "imgbuild: error: ..." matching the extended regex PATTERN.
+expect_error() {
+    local pat=$1 rc=0
+    shift
+    ib "$@" >"$TMP/err.stdout" || rc=$?
+    if [ "$rc" != 1 ]; then echo "expected exit 1, got $rc"; return 1; fi
+    local lines
+    lines=$(wc -l <"$TMP/last.err")
+    if [ "$lines" != 1 ]; then echo "expected one stderr line, got $lines:"; cat "$TMP/last.err"; return 1; fi
+    grep -qE "^imgbuild: error: " "$TMP/last.err" || { echo "no 'imgbuild: error:' prefix"; return 1; }
+    grep -qE -- "$pat" "$TMP/last.err" || { echo "stderr does not match /$pat/"; return 1; }
+}
+
+# new_repo DIR: an empty git repo with a fixed identity.
+new_repo() {
+    mkdir -p "$1"
+    git -C "$1" init -q -b main
+}
+
+commit_all() { # DIR MSG
+    git -C "$1" add -A
+    git -C "$1" commit -q -m "$2"
+}
+
+# digest_of TAR: the manifest digest recorded in the tarball's index.json.
+digest_of() {
+    tar -xOf "$1" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])'
+}
+
+# unpack_image TAR DEST: umoci unpack of the tarball's only image into DEST (rootfs in DEST/rootfs).
+unpack_image() {
+    local tar=$1 dest=$2 lay="$TMP/layout.$$.$RANDOM" ref
+    mkdir -p "$lay"
+    tar -xf "$tar" -C "$lay"
+    ref=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])' "$lay/index.json")
+    umoci unpack --image "$lay:$ref" "$dest" >/dev/null
+    rm -rf "$lay"
+}
+
+# tree_listing DIR: "type mode uid:gid path [sha256|target]" for every entry, sorted.
+tree_listing() {
+    (cd "$1" && find . -mindepth 1 -printf '%y %m %U:%G %p\n' | sort -k4 | while read -r t m o p; do
+        case $t in
+        f) echo "$t $m $o $p $(sha256sum <"$p" | cut -c1-64)" ;;
+        l) echo "$t $o $p -> $(readlink "$p")" ;;
+        *) echo "$t $m $o $p" ;;
+        esac
+    done)
+}
+
+test_done() {
+    if [ -f "$SANITIZER_MARK" ]; then
+        echo "not ok - sanitizer report:"
+        sed 's/^/#   /' "$SANITIZER_MARK" | head -n 60
+        ib_fail=$((ib_fail + 1))
+    fi
+    echo "$ib_pass passed, $ib_fail failed"
+    [ "$ib_fail" = 0 ]
+    exit $?
+}
