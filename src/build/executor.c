@@ -657,7 +657,11 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
             if (!src) {
                 tmp_img.index = 1000 + st->index;
                 if ((r = stage_from_image(b, &tmp_img, from_x, in->line)) < 0) {
-                    ib_error_wrap(r, "--from=%s: no stage of that name before line %d, and", from_x, in->line);
+                    if (r == IB_ENOTFOUND)
+                        r = ib_error_set(IB_EINVALID,
+                                         "%s --from=%s: no stage of that name before this line, and no such image "
+                                         "in the local store",
+                                         ib_df_kind_name(in->kind), from_x);
                     goto copy_out;
                 }
                 src = &tmp_img;
@@ -1094,7 +1098,7 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
         for (size_t i = 0; i < b->nstages; i++)
             if (b->stages[i].name && !strcasecmp(b->stages[i].name, o->target)) t = &b->stages[i];
         if (!t) {
-            r = ib_error_set(IB_EUSAGE, "--target '%s': no stage of that name in %s", o->target, b->df_name);
+            r = ib_error_set(IB_EINVALID, "--target '%s': no stage of that name in %s", o->target, b->df_name);
             goto out;
         }
         target = t->index;

@@ -55,18 +55,20 @@ test_expect_success() {
     fi
 }
 
-# expect_error PATTERN CMD... — CMD must exit 1 with exactly one stderr line
+# expect_error PATTERN CMD... — CMD must exit 1 and end with exactly one stderr line
 # "imgbuild: error: ..." matching the extended regex PATTERN.
 expect_error() {
     local pat=$1 rc=0
     shift
     ib "$@" >"$TMP/err.stdout" || rc=$?
     if [ "$rc" != 1 ]; then echo "expected exit 1, got $rc"; return 1; fi
-    local lines
-    lines=$(wc -l <"$TMP/last.err")
-    if [ "$lines" != 1 ]; then echo "expected one stderr line, got $lines:"; cat "$TMP/last.err"; return 1; fi
-    grep -qE "^imgbuild: error: " "$TMP/last.err" || { echo "no 'imgbuild: error:' prefix"; return 1; }
-    grep -qE -- "$pat" "$TMP/last.err" || { echo "stderr does not match /$pat/"; return 1; }
+    # Step lines may precede it (progress goes to stderr), but the error itself
+    # is exactly one line, the last one.
+    local n
+    n=$(grep -c "^imgbuild: " "$TMP/last.err")
+    if [ "$n" != 1 ]; then echo "expected one 'imgbuild:' line, got $n"; return 1; fi
+    tail -n 1 "$TMP/last.err" | grep -qE "^imgbuild: error: " || { echo "last line is not 'imgbuild: error: ...'"; return 1; }
+    tail -n 1 "$TMP/last.err" | grep -qE -- "$pat" || { echo "error does not match /$pat/"; return 1; }
 }
 
 # new_repo DIR: an empty git repo with a fixed identity.

@@ -371,7 +371,8 @@ static void test_abandon(void)
 }
 
 /* A stream much longer than the ring of in-flight blocks, fed in odd pieces:
- * exercises slot reuse and the dictionary hand-over across wrap-arounds. */
+ * exercises slot reuse and the dictionary hand-over across wrap-arounds (a
+ * worker that lapped the ring once compressed a block twice). */
 static void test_long_stream(void)
 {
     size_t n = 24 * MiB + 5;
@@ -381,6 +382,13 @@ static void test_long_stream(void)
     CHECK_INT(run_compress(&b, IB_COMP_GZIP, 1, 5, in, n, 0), 0);
     CHECK(same(&a, &b));
     CHECK(roundtrips(IB_COMP_GZIP, &a, in, n));
+    free(a.p);
+    free(b.p);
+    /* zstd at its default level cuts 8 MiB jobs: several jobs, several workers. */
+    CHECK_INT(run_compress(&a, IB_COMP_ZSTD, 0, 1, in, n, 333 * KiB + 1), 0);
+    CHECK_INT(run_compress(&b, IB_COMP_ZSTD, 0, 4, in, n, 0), 0);
+    CHECK(same(&a, &b));
+    CHECK(roundtrips(IB_COMP_ZSTD, &a, in, n));
     free(a.p);
     free(b.p);
     free(in);

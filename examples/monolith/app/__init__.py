@@ -1,0 +1,1 @@
+"""WEPP-style monolith: a Flask web app and RQ workers sharing one codebase."""
