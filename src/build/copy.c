@@ -236,9 +236,14 @@ static int collect_source(matches *m, const ib_copy_env *env, const char *word, 
          * FollowSymlinks); links inside copied directories are kept as links. */
         r = ib_context_resolve(&res, env->ctx, rel, 1);
         if (r == 0) r = ib_context_stat(&st, env->ctx, res);
-        if (r == IB_ENOTFOUND || (r == 0 && excluded(env, rel)))
+        /* An excluded directory still counts when a '!' exception re-includes
+         * something below it (BuildKit copies notes/KEEP.md for "notes" +
+         * "!notes/KEEP.md"). */
+        int hidden = r == 0 && excluded(env, rel) &&
+                     !(st.type == IB_CT_DIR && ib_ignore_may_include_under(env->ignore, rel));
+        if (r == IB_ENOTFOUND || hidden)
             r = ib_error_set(IB_EINVALID, "%s %s: not found in the build context%s", kind, word,
-                             r == 0 ? " (excluded by .dockerignore)" : "");
+                             hidden ? " (excluded by .dockerignore)" : "");
         if (r == 0) add_match(m, res, *rel ? base_name(rel) : "", &st);
         free(res);
     }
