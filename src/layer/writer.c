@@ -88,6 +88,14 @@ int ib_layer_add(ib_layer_builder *b, const ib_layer_entry *in)
 {
     char *p = norm_path(in->path);
     if (!p) return ib_error_set(IB_EINVALID, "invalid layer path '%s'", in->path);
+    if (in->type == IB_LE_WHITEOUT) {
+        /* Keep the on-disk name (".wh.<name>") as the path, so sorting puts
+         * whiteouts where they are written: before their siblings. */
+        char *slash = strrchr(p, '/');
+        char *wh = slash ? ib_xasprintf("%.*s/.wh.%s", (int)(slash - p), p, slash + 1) : ib_xasprintf(".wh.%s", p);
+        free(p);
+        p = wh;
+    }
     entry e = {.path = p,
                .type = in->type,
                .mode = in->mode & 07777,
@@ -170,11 +178,7 @@ static int write_entry(struct archive *a, struct archive_entry *ae, const entry 
     archive_entry_clear(ae);
     if (e->type == IB_LE_WHITEOUT) {
         /* OCI image-spec layer.md: a whiteout is an empty regular file named .wh.<name>. */
-        const char *slash = strrchr(e->path, '/');
-        char *wh = slash ? ib_xasprintf("%.*s/.wh.%s", (int)(slash - e->path), e->path, slash + 1)
-                         : ib_xasprintf(".wh.%s", e->path);
-        archive_entry_set_pathname(ae, wh);
-        free(wh);
+        archive_entry_set_pathname(ae, e->path);
         archive_entry_set_filetype(ae, AE_IFREG);
         archive_entry_set_perm(ae, 0644);
         archive_entry_set_size(ae, 0);
@@ -232,6 +236,7 @@ static void add_parents(ib_layer_builder *b)
             cand[nc++] = ib_xstrndup(path, (size_t)(s - path));
         }
     }
+    if (!nc) return;
     qsort(cand, nc, sizeof *cand, cmp_str);
     size_t n0 = b->n;
     for (size_t i = 0; i < nc; i++) {
@@ -250,7 +255,7 @@ int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_co
 {
     memset(res, 0, sizeof *res);
     /* Sort first so the parent lookup below can be a binary search. */
-    qsort(b->v, b->n, sizeof *b->v, cmp_entry);
+    if (b->n) qsort(b->v, b->n, sizeof *b->v, cmp_entry);
     {
         /* dedupe: keep the last of each path */
         size_t w = 0;
@@ -264,7 +269,7 @@ int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_co
         b->n = w;
     }
     add_parents(b);
-    qsort(b->v, b->n, sizeof *b->v, cmp_entry);
+    if (b->n) qsort(b->v, b->n, sizeof *b->v, cmp_entry);
 
     struct pipe p = {0};
     int r = ib_digest_new(&p.diff);
