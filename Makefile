@@ -30,7 +30,7 @@ test: test-deps
 	  ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 bench: build test-deps
-	@for b in bench/*.sh; do echo "== $$b"; bash $$b $(BUILD)/imgbuild || exit 1; done
+	@bash bench/build.sh $(BUILD)/imgbuild
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)

@@ -45,6 +45,7 @@ gtime=()
 [[ -x /usr/bin/time ]] && gtime=(/usr/bin/time -v -o)
 
 work=$(mktemp -d "${BENCH_TMP:-/tmp}/imgbuild-bench.XXXXXX")
+# shellcheck disable=SC2317  # invoked by the trap
 cleanup() { if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "build.sh: kept $work" >&2; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -214,7 +215,7 @@ timed() {
     if ((rc)); then
         echo "build.sh: '$name' failed (exit $rc): $*" >&2
         tail -n 40 "$log" >&2
-        [[ -f $tv ]] && grep -E 'Command|Exit status' "$tv" >&2 || true
+        if [[ -f $tv ]]; then grep -E 'Command being timed|Exit status' "$tv" >&2 || true; fi
         exit 1
     fi
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n", b-a}' >>"$work/t.$name"

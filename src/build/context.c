@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef enum { CTX_GIT, CTX_DIR } ctx_kind;
@@ -379,6 +380,53 @@ int ib_context_list(char ***names, size_t *n, ib_context *c, const char *dir)
     return 0;
 }
 
+/* libgit2 inflates a packed blob whole; past this size we let git stream it
+ * (cat-file writes big blobs out as it inflates them) to keep the builder's
+ * memory bounded whatever the files in the context. */
+#define STREAM_THRESHOLD (16u << 20)
+
+static int stream_with_git(ib_context *c, const git_oid *id, const char *path, ib_sink_fn sink, void *sink_ctx)
+{
+    char hex[GIT_OID_HEXSZ + 1];
+    git_oid_tostr(hex, sizeof hex, id);
+    int fds[2];
+    if (pipe(fds) < 0) return ib_error_errno(IB_ERR, "pipe");
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return ib_error_errno(IB_ERR, "fork");
+    }
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execlp("git", "git", "-c", "core.bigFileThreshold=16m", "-c", "core.packedGitWindowSize=8m", "-c",
+               "core.packedGitLimit=32m", "--git-dir", git_repository_path(c->repo), "cat-file",
+               "blob", hex, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    static _Thread_local char buf[1 << 17];
+    int r = 0;
+    for (;;) {
+        ssize_t n = read(fds[0], buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            r = ib_error_errno(IB_ERR, "reading %s from git", path);
+            break;
+        }
+        if (n == 0) break;
+        if ((r = sink(sink_ctx, buf, (size_t)n)) < 0) break;
+    }
+    close(fds[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (r == 0 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        r = ib_error_set(IB_ERR, "%s: `git cat-file blob %s` failed (is git installed?)", path, hex);
+    return r;
+}
+
 int ib_context_read(void *ctx, const char *path, ib_sink_fn sink, void *sink_ctx)
 {
     ib_context *c = ctx;
@@ -386,6 +434,18 @@ int ib_context_read(void *ctx, const char *path, ib_sink_fn sink, void *sink_ctx
     if (c->kind == CTX_GIT) {
         git_tree_entry *te;
         if (git_tree_entry_bypath(&te, c->tree, path) < 0) return ib_error_set(IB_ENOTFOUND, "%s: not found", path);
+        git_odb *odb;
+        size_t hsize = 0;
+        git_object_t ot;
+        if (git_repository_odb(&odb, c->repo) == 0) {
+            if (git_odb_read_header(&hsize, &ot, odb, git_tree_entry_id(te)) < 0) hsize = 0;
+            git_odb_free(odb);
+        }
+        if (hsize > STREAM_THRESHOLD) {
+            int rr = stream_with_git(c, git_tree_entry_id(te), path, sink, sink_ctx);
+            git_tree_entry_free(te);
+            return rr;
+        }
         git_blob *blob;
         int r = git_blob_lookup(&blob, c->repo, git_tree_entry_id(te));
         git_tree_entry_free(te);

@@ -346,31 +346,6 @@ static json_t *shell_form(stage *st, const char *cmd)
     return a;
 }
 
-static int parse_duration(int64_t *ns, const char *s, const char *flag)
-{
-    /* Go durations as Docker accepts them: "30s", "1m30s", "500ms", "1h". */
-    const char *p = s;
-    double total = 0;
-    if (!*p) return ib_error_set(IB_EINVALID, "--%s: empty duration", flag);
-    while (*p) {
-        char *end;
-        double v = strtod(p, &end);
-        if (end == p) return ib_error_set(IB_EINVALID, "--%s=%s: invalid duration", flag, s);
-        p = end;
-        double mul;
-        if (!strncmp(p, "ns", 2)) mul = 1, p += 2;
-        else if (!strncmp(p, "us", 2)) mul = 1e3, p += 2;
-        else if (!strncmp(p, "ms", 2)) mul = 1e6, p += 2;
-        else if (*p == 's') mul = 1e9, p++;
-        else if (*p == 'm') mul = 60e9, p++;
-        else if (*p == 'h') mul = 3600e9, p++;
-        else return ib_error_set(IB_EINVALID, "--%s=%s: invalid duration (missing unit)", flag, s);
-        total += v * mul;
-    }
-    *ns = (int64_t)total;
-    return 0;
-}
-
 static int do_healthcheck(build *b, stage *st, const ib_df_instr *in)
 {
     json_t *hc = json_object();
@@ -392,8 +367,11 @@ static int do_healthcheck(build *b, stage *st, const ib_df_instr *in)
         for (size_t i = 0; i < sizeof durs / sizeof *durs; i++) {
             const char *v = ib_df_flag_get(in, durs[i].flag, NULL);
             if (!v) continue;
-            int64_t ns;
-            if ((r = parse_duration(&ns, v, durs[i].flag)) < 0) goto out;
+            long long ns = 0;
+            if (ib_df_parse_duration(v, &ns) < 0) {
+                r = ib_error_set(IB_EINVALID, "--%s=%s: invalid duration", durs[i].flag, v);
+                goto out;
+            }
             json_object_set_new(hc, durs[i].key, json_integer(ns));
         }
         const char *rv = ib_df_flag_get(in, "retries", NULL);

@@ -3,6 +3,8 @@
 #include "common/fs.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -32,9 +34,19 @@ int ib_cli_usage_error(const char *fmt, ...)
     return IB_EXIT_USAGE;
 }
 
+/* IMGBUILD_REPORT_RSS=1: print this process's own peak RSS at exit, for the
+ * benchmarks (time -v would also count helper processes such as git). */
+static void report_rss(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) fprintf(stderr, "imgbuild: peak-rss-kb %ld\n", ru.ru_maxrss);
+}
+
 int main(int argc, char **argv)
 {
     ib_fs_cleanup_on_signal();
+    const char *rss = getenv("IMGBUILD_REPORT_RSS");
+    if (rss && *rss == '1') atexit(report_rss);
     if (argc >= 2) {
         const char *v = argv[1];
         if (!strcmp(v, "--version") || !strcmp(v, "version")) {

@@ -73,7 +73,7 @@ int ib_digest_file(char *out, uint64_t *out_size, const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ib_error_errno(errno == ENOENT ? IB_ENOTFOUND : IB_ERR, "%s", path);
-    ib_digester *d;
+    ib_digester *d = NULL;
     int r = ib_digest_new(&d);
     if (r < 0) {
         close(fd);

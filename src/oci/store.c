@@ -201,7 +201,7 @@ int ib_store_stream_blob(ib_store *s, const char *digest, ib_store_sink_fn sink,
         free(p);
         return r;
     }
-    ib_digester *d;
+    ib_digester *d = NULL;
     int r = ib_digest_new(&d);
     if (r < 0) {
         close(fd);

@@ -11,11 +11,13 @@ export IMGBUILD_CACHE="$TMP/cache"
 export HOME="$TMP/home"
 mkdir -p "$HOME"
 # Hermetic git: no system/global config, fixed identities and dates.
-export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+: >"$TMP/gitconfig"
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL="$TMP/gitconfig"
 export GIT_AUTHOR_NAME="Test Author" GIT_AUTHOR_EMAIL=author@example.com
 export GIT_COMMITTER_NAME="Test Committer" GIT_COMMITTER_EMAIL=committer@example.com
 export GIT_AUTHOR_DATE="2024-05-01T12:00:00Z" GIT_COMMITTER_DATE="2024-05-01T12:00:00Z"
-unset SOURCE_DATE_EPOCH CI_DEBUG 2>/dev/null || true
+# Tests choose output modes explicitly; the CI runner's own CI=true must not leak in.
+unset SOURCE_DATE_EPOCH CI 2>/dev/null || true
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:exitcode=86}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcode=87}
 

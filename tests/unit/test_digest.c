@@ -19,7 +19,7 @@ int main(void)
     for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i * 7 + 3);
     char one[IB_DIGEST_STRLEN + 1], many[IB_DIGEST_STRLEN + 1];
     ib_digest_buf(one, big, sizeof big);
-    ib_digester *g;
+    ib_digester *g = NULL;
     CHECK(ib_digest_new(&g) == 0);
     for (size_t off = 0; off < sizeof big;) {
         size_t n = (off * 13 % 977) + 1;
