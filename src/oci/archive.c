@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define OCI_LAYOUT "{\"imageLayoutVersion\":\"1.0.0\"}"
@@ -112,6 +113,10 @@ int ib_archive_write(const char *out_path, ib_store *s, const char *manifest_dig
     FILE *fp;
     char *tmp;
     if ((r = ib_fs_tmpfile_near(&fp, &tmp, out_path)) < 0) goto done_nofile;
+    /* mkstemp makes 0600; the tarball is an ordinary output file. */
+    mode_t um = umask(0);
+    umask(um);
+    fchmod(fileno(fp), 0666 & ~um);
     struct tar_out t = {archive_write_new(), archive_entry_new(), mtime};
     archive_write_set_format_pax_restricted(t.a);
     if (archive_write_open_FILE(t.a, fp) != ARCHIVE_OK) {

@@ -2,12 +2,14 @@
 #include "common/error.h"
 #include "common/fs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct ib_store {
@@ -35,6 +37,24 @@ char *ib_store_default_dir(void)
     return ib_xasprintf("%s/.cache/imgbuild", home);
 }
 
+/* A killed build leaves its temp files in tmp/ (never under a blob name).
+ * Sweep what is a day old: old enough that no running build still owns it. */
+static void sweep_tmp(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    if (!d) return;
+    time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char *p = ib_xasprintf("%s/%s", tmp, de->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && now - st.st_mtime > 24 * 3600) ib_fs_rm_rf(p);
+        free(p);
+    }
+    closedir(d);
+}
+
 int ib_store_open(ib_store **out, const char *dir)
 {
     ib_store *s = ib_xcalloc(1, sizeof *s);
@@ -49,6 +69,7 @@ int ib_store_open(ib_store **out, const char *dir)
         ib_store_free(s);
         return r;
     }
+    sweep_tmp(s->tmp);
     *out = s;
     return 0;
 }

@@ -89,4 +89,20 @@ test_expect_success 'a corrupt store blob is detected, never used' '
     expect_error "corrupt" inspect docker.io/library/repo:sha-$(git -C "$R" rev-parse HEAD)
 '
 
+test_expect_success 'an interrupted build leaves neither output nor temp files' '
+    B=$TMP/bigrepo && new_repo "$B" && mkdir -p "$B/out" &&
+    head -c 40000000 /dev/urandom >"$B/big.bin" && printf "FROM scratch\nCOPY big.bin /\n" >"$B/Dockerfile" &&
+    commit_all "$B" big &&
+    for sig in INT TERM HUP; do
+        (cd "$B" && exec "$IMGBUILD" -o out/img.tar -q >/dev/null 2>"$TMP/int.err") & pid=$!
+        sleep 0.2; kill -s $sig $pid 2>/dev/null; rc=0; wait $pid || rc=$?
+        # 40 MB of random data cannot be compressed in 0.2 s: the TERM run must have been cut.
+        if [ $sig = TERM ]; then test $rc = 143; fi
+        # Killed mid-way: no file at all. Finished first: a complete, valid tarball. Never a torn one.
+        if [ -e "$B/out/img.tar" ]; then test $rc = 0 && skopeo inspect --raw oci-archive:"$B/out/img.tar" >/dev/null && rm "$B/out/img.tar";
+        else test $rc != 0; fi
+        test -z "$(ls -A "$B/out")" || { ls -la "$B/out"; exit 1; }
+    done
+'
+
 test_done
