@@ -56,17 +56,47 @@ void ib_git_info_clear(ib_git_info *g)
     memset(g, 0, sizeof *g);
 }
 
-/* https://user:token@host/x -> https://host/x: the URL ends up in image
- * annotations, which are public. */
-static char *strip_credentials(const char *url)
+/* The origin URL becomes org.opencontainers.image.source, which is public and
+ * part of the manifest digest. So: no credentials, and one spelling per
+ * repository whichever way it was cloned (https, ssh, scp-like, with or
+ * without .git), or CI and developer clones of one commit would get different
+ * digests. Local paths and file:// are not a source anyone else can use: NULL. */
+static char *normalize_origin(const char *url)
 {
+    const char *host = NULL, *path = NULL;
+    size_t hlen = 0;
     const char *scheme = strstr(url, "://");
-    if (!scheme) return ib_xstrdup(url);
-    const char *host = scheme + 3;
-    const char *slash = strchr(host, '/');
-    const char *at = memchr(host, '@', slash ? (size_t)(slash - host) : strlen(host));
-    if (!at) return ib_xstrdup(url);
-    return ib_xasprintf("%.*s%s", (int)(host - url), url, at + 1);
+    if (scheme) {
+        size_t sl = (size_t)(scheme - url);
+        if ((sl == 4 && !strncmp(url, "file", 4)) || sl == 0) return NULL;
+        host = scheme + 3;
+        const char *slash = strchr(host, '/');
+        const char *at = memchr(host, '@', slash ? (size_t)(slash - host) : strlen(host));
+        if (at) host = at + 1;
+        hlen = slash ? (size_t)(slash - host) : strlen(host);
+        path = slash ? slash : "";
+        /* ssh/git ports are not the web port */
+        if (!(sl == 5 && !strncmp(url, "https", 5)) && !(sl == 4 && !strncmp(url, "http", 4))) {
+            const char *colon = memchr(host, ':', hlen);
+            if (colon) hlen = (size_t)(colon - host);
+        }
+    } else {
+        /* scp-like: [user@]host:path — but not a local path with a colon after a slash */
+        const char *colon = strchr(url, ':');
+        const char *slash = strchr(url, '/');
+        if (!colon || (slash && slash < colon)) return NULL;
+        host = url;
+        const char *at = memchr(url, '@', (size_t)(colon - url));
+        if (at) host = at + 1;
+        hlen = (size_t)(colon - host);
+        path = colon + 1;
+    }
+    if (!hlen) return NULL;
+    while (*path == '/') path++;
+    size_t pl = strlen(path);
+    while (pl && path[pl - 1] == '/') pl--;
+    if (pl >= 4 && !strncmp(path + pl - 4, ".git", 4)) pl -= 4;
+    return ib_xasprintf("https://%.*s/%.*s", (int)hlen, host, (int)pl, path);
 }
 
 static int fill_repo_info(ib_git_info *info, git_repository *repo, const char *ctx_dir, const git_commit *commit)
@@ -99,7 +129,7 @@ static int fill_repo_info(ib_git_info *info, git_repository *repo, const char *c
     git_config *cfg;
     if (git_repository_config_snapshot(&cfg, repo) == 0) {
         const char *url;
-        if (git_config_get_string(&url, cfg, "remote.origin.url") == 0) info->origin = strip_credentials(url);
+        if (git_config_get_string(&url, cfg, "remote.origin.url") == 0) info->origin = normalize_origin(url);
         git_config_free(cfg);
     }
     return 0;
@@ -113,12 +143,26 @@ int ib_context_open_git(ib_context **out, ib_git_info *info, const char *ctx_dir
         return ib_error_set(IB_EINVALID, "context %s: not a directory", ctx_dir);
     git_init_once();
     git_repository *repo;
-    if (git_repository_open_ext(&repo, ctx_dir, 0, NULL) < 0) {
+    int oe = git_repository_open_ext(&repo, ctx_dir, 0, NULL);
+    if (oe < 0) {
+        const git_error *ge = git_error_last();
+        int r;
+        /* libgit2 1.5 reports a failed owner check as ENOTFOUND with a safe.directory message. */
+        if (oe == GIT_EOWNER || (ge && ge->message && (strstr(ge->message, "safe.directory") || strstr(ge->message, "not owned"))))
+            r = ib_error_set(IB_EINVALID, "context %s: the repository is owned by another user; add it to git's "
+                                          "safe.directory (git config --global --add safe.directory DIR) or build "
+                                          "as its owner",
+                             ctx_dir);
+        else if (oe == GIT_ENOTFOUND)
+            r = ib_error_set(IB_EINVALID,
+                             "context %s is not in a git repository: commit it, or pass --worktree to build the "
+                             "files as they are",
+                             ctx_dir);
+        else
+            r = ib_error_set(IB_EINVALID, "context %s: cannot open its git repository: %s", ctx_dir,
+                             ge && ge->message ? ge->message : "libgit2 error");
         git_libgit2_shutdown();
-        return ib_error_set(IB_EINVALID,
-                            "context %s is not in a git repository: commit it, or pass --worktree to build the "
-                            "files as they are",
-                            ctx_dir);
+        return r;
     }
     git_object *obj = NULL, *peeled = NULL;
     int r;

@@ -3,6 +3,8 @@
 #include "common/fs.h"
 #include "layer/apply.h"
 
+#include <archive.h>
+#include <archive_entry.h>
 #include <ctype.h>
 #include <fnmatch.h>
 #include <stdio.h>
@@ -78,8 +80,10 @@ static int lookup_name(unsigned *out, const char *rootfs, const char *file, cons
     char *p = ib_xasprintf("%s/etc/%s", rootfs, file), *text;
     int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
     free(p);
-    if (r < 0) return ib_error_set(IB_EINVALID, "--chown: unable to find %s '%s': the image has no /etc/%s", file, name, file);
-    r = ib_error_set(IB_EINVALID, "--chown: unable to find %s '%s' in the image's /etc/%s",
+    if (r < 0)
+        return ib_error_set(IB_EINVALID, "--chown: cannot look up %s '%s': the image has no /etc/%s",
+                            strcmp(file, "passwd") ? "group" : "user", name, file);
+    r = ib_error_set(IB_EINVALID, "--chown: no %s '%s' in the image's /etc/%s",
                      strcmp(file, "passwd") ? "group" : "user", name, file);
     size_t nl = strlen(name);
     for (char *line = text; line && *line;) {
@@ -272,9 +276,9 @@ static void set_owner(const copier *c, ib_layer_entry *e, unsigned uid, unsigned
 static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char *dst)
 {
     ib_layer_entry e = {.path = dst};
-    /* A build context is root-owned; a --from root filesystem keeps its owners
-     * only when asked (--chown overrides both). */
-    set_owner(c, &e, c->ignore ? 0 : st->uid, c->ignore ? 0 : st->gid);
+    /* Docker: everything COPY/ADD creates is 0:0 unless --chown, also from
+     * another stage; and the builder's own uid must never leak into a layer. */
+    set_owner(c, &e, 0, 0);
     switch (st->type) {
     case IB_CT_DIR:
         e.type = IB_LE_DIR;
@@ -375,15 +379,48 @@ static int file_sink(void *ctx, const void *buf, size_t len)
     return fwrite(buf, 1, len, ctx) == len ? 0 : ib_error_errno(IB_ERR, "write");
 }
 
-static int add_archive(copier *c, const char *src, const char *dst, int idx, ib_context **keep)
+/* Tells a real tar (possibly compressed) from a file that merely starts with
+ * a compression magic: Docker copies the latter unchanged. */
+static int probe_tar(const char *path)
 {
-    char *tarp = ib_xasprintf("%s/add-%d.tar", c->env->tmpdir, idx);
-    char *root = ib_xasprintf("%s/add-%d", c->env->tmpdir, idx);
+    struct archive *a = archive_read_new();
+    archive_read_support_filter_all(a);
+    archive_read_support_format_tar(a);
+    archive_read_support_format_gnutar(a);
+    struct archive_entry *e;
+    int ok = archive_read_open_filename(a, path, 1 << 16) == ARCHIVE_OK && archive_read_next_header(a, &e) == ARCHIVE_OK;
+    archive_read_free(a);
+    return ok;
+}
+
+static int add_archive(copier *c, const char *src, const ib_ctx_stat *st, const char *dst, const char *file_dst,
+                       ib_context **keep)
+{
+    /* One build runs its instructions one at a time: a counter names scratch dirs uniquely. */
+    static unsigned seq;
+    unsigned id = seq++;
+    char *tarp = ib_xasprintf("%s/add-%u.tar", c->env->tmpdir, id);
+    char *root = ib_xasprintf("%s/add-%u", c->env->tmpdir, id);
     FILE *fp = fopen(tarp, "wb");
     int r = fp ? ib_context_read(c->ctx, src, file_sink, fp) : ib_error_errno(IB_ERR, "%s", tarp);
     if (fp && fclose(fp) != 0 && r == 0) r = ib_error_errno(IB_ERR, "%s", tarp);
+    if (r == 0 && !probe_tar(tarp)) {
+        unlink(tarp);
+        free(tarp);
+        free(root);
+        return add_one(c, src, st, file_dst);
+    }
     if (r == 0 && mkdir(root, 0755) < 0) r = ib_error_errno(IB_ERR, "mkdir %s", root);
-    if (r == 0) r = ib_layer_apply(NULL, root, tarp);
+    if (r == 0) {
+        r = ib_layer_apply(NULL, root, tarp);
+        if (r < 0) {
+            /* Name the source, not our scratch file. */
+            char *why = ib_xstrdup(strstr(ib_error_last(), ": entry") ? strstr(ib_error_last(), ": entry") + 2
+                                                                      : "not a valid archive");
+            r = ib_error_set(r, "%s: %s", src, why);
+            free(why);
+        }
+    }
     unlink(tarp);
     free(tarp);
     if (r == 0) r = ib_context_open_dir(keep, NULL, root, 0);
@@ -407,6 +444,23 @@ static int parse_chmod(unsigned *out, const char *s)
     return 0;
 }
 
+/* The heredoc a word like "<<EOF", "<<-EOF", "<<'EOF'" or "3<<\"EOF\"" names, or NULL. */
+static const ib_df_heredoc *heredoc_of(const ib_df_instr *in, const char *w)
+{
+    while (*w >= '0' && *w <= '9') w++;
+    if (strncmp(w, "<<", 2)) return NULL;
+    w += 2;
+    if (*w == '-') w++;
+    size_t n = strlen(w);
+    if (n >= 2 && (w[0] == '"' || w[0] == '\'') && w[n - 1] == w[0]) {
+        w++;
+        n -= 2;
+    }
+    for (size_t h = 0; h < in->nheredocs; h++)
+        if (strlen(in->heredocs[h].name) == n && !strncmp(in->heredocs[h].name, w, n)) return &in->heredocs[h];
+    return NULL;
+}
+
 static int is_url(const char *s)
 {
     return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8) || !strncmp(s, "git@", 4) ||
@@ -417,6 +471,7 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
 {
     const char *kind = is_add ? "ADD" : "COPY";
     copier c = {.env = env, .lb = ib_layer_builder_new(), .ctx = env->ctx, .ignore = env->ignore};
+    if (env->parent_fn) ib_layer_set_parent_meta(c.lb, env->parent_fn, env->parent_ctx);
     matches m = {0};
     char **words = ib_xcalloc(in->nargs, sizeof *words);
     char **heredoc_bodies = ib_xcalloc(in->nargs, sizeof *heredoc_bodies);
@@ -424,7 +479,9 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
     char *dest = NULL;
     int r = 0;
 
-    if (ib_df_flag_get(in, "parents", NULL)) {
+    int parents = 0;
+    ib_df_flag_get(in, "parents", &parents);
+    if (parents) {
         r = ib_error_set(IB_EINVALID, "%s --parents is not supported", kind);
         goto out;
     }
@@ -449,16 +506,7 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
         }
     }
     for (size_t i = 0; i < in->nargs; i++) {
-        int heredoc = 0;
-        for (size_t h = 0; h < in->nheredocs; h++) {
-            const char *w = in->args[i];
-            if (strncmp(w, "<<", 2)) continue;
-            w += 2;
-            if (*w == '-') w++;
-            if (*w == '"' || *w == '\'') w++;
-            if (!strncmp(w, in->heredocs[h].name, strlen(in->heredocs[h].name))) heredoc = 1;
-        }
-        if (heredoc) {
+        if (i + 1 < in->nargs && heredoc_of(in, in->args[i])) {
             words[i] = ib_xstrdup(in->args[i]);
             continue;
         }
@@ -479,10 +527,9 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
     /* Heredoc sources become files named after the delimiter. */
     size_t nheredoc_src = 0;
     for (size_t i = 0; i < nsrc; i++) {
-        if (strncmp(words[i], "<<", 2) || strcmp(words[i], in->args[i])) continue;
-        for (size_t h = 0; h < in->nheredocs; h++) {
-            const ib_df_heredoc *hd = &in->heredocs[h];
-            if (!strstr(words[i], hd->name)) continue;
+        const ib_df_heredoc *hd = heredoc_of(in, in->args[i]);
+        if (!hd) continue;
+        {
             char *body;
             if (hd->expand) {
                 /* Expand $VAR in the body but keep quotes and backslashes: escape them first. */
@@ -508,7 +555,6 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
             free(dp);
             if (r < 0) goto out;
             nheredoc_src++;
-            break;
         }
     }
     for (size_t i = 0; i < nsrc; i++) {
@@ -533,7 +579,17 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
         if (mt->st.type == IB_CT_DIR) {
             if (strcmp(dest, "/")) {
                 ib_ctx_stat dst = mt->st;
-                if ((r = add_one(&c, mt->path, &dst, dest + 1)) < 0) goto out;
+                unsigned lm, lu, lg;
+                /* An existing destination directory keeps its mode and owner (BuildKit
+                 * copies into it), unless --chmod/--chown say otherwise. */
+                if (env->parent_fn && env->parent_fn(env->parent_ctx, dest + 1, &lm, &lu, &lg)) {
+                    ib_layer_entry e = {.path = dest + 1, .type = IB_LE_DIR, .mode = c.has_chmod ? c.chmod : lm};
+                    set_owner(&c, &e, lu, lg);
+                    r = ib_layer_add(c.lb, &e);
+                } else {
+                    r = add_one(&c, mt->path, &dst, dest + 1);
+                }
+                if (r < 0) goto out;
             }
             if ((r = walk_dir(&c, mt->path, strcmp(dest, "/") ? dest + 1 : "", "")) < 0) goto out;
             /* walk_dir with dest "" would give "/name": fix by cleaning in the writer (leading '/' stripped). */
@@ -545,7 +601,7 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
                 goto out;
             }
             if (is_add && mt->st.type == IB_CT_FILE && is_archive(c.ctx, mt->path)) {
-                r = add_archive(&c, mt->path, dest + 1, (int)i, &archives[i]);
+                r = add_archive(&c, mt->path, &mt->st, dest + 1, dp + 1, &archives[i]);
             } else {
                 r = add_one(&c, mt->path, &mt->st, dp + 1);
             }

@@ -27,6 +27,8 @@ typedef struct {
     const char *df_name;
     int chown;
     unsigned uid, gid;
+    ib_layer_parent_fn parent_fn; /* metadata of directories that exist below (may be NULL) */
+    void *parent_ctx;
 } ib_copy_env;
 
 int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr *in, int is_add);

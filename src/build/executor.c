@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "layer/apply.h"
+#include "layer/index.h"
 #include "layer/writer.h"
 #include "oci/archive.h"
 #include "oci/image.h"
@@ -92,6 +93,10 @@ typedef struct stage {
     /* root filesystem, materialised only when COPY --from or --chown needs it */
     char *rootfs;
     size_t rootfs_layers;
+    /* directories of the layers so far, for stages on a base image (parent dir metadata) */
+    size_t base_layers;
+    ib_layer_index *lidx;
+    size_t lidx_layers;
 } stage;
 
 typedef struct {
@@ -211,6 +216,7 @@ static void stage_from_stage(stage *st, const stage *src)
         st->diff_ids[i] = ib_xstrdup(src->diff_ids[i]);
     }
     kv_copy(&st->env, &src->env);
+    st->base_layers = src->base_layers;
     st->cmd_from_base = json_object_get(st->cfg, "Cmd") != NULL;
     st->os = ib_xstrdup(src->os);
     st->arch = ib_xstrdup(src->arch);
@@ -260,6 +266,7 @@ static int stage_from_image(build *b, stage *st, const char *refstr, int line)
         ib_progress_msg(b->prog, "warning", "%s:%d: base image %s is %s/%s, building for %s/%s", b->df_name, line,
                         full, st->os, st->arch, b->os, b->arch);
     st->nlayers = img->nlayers;
+    st->base_layers = img->nlayers;
     st->layers = ib_xcalloc(img->nlayers ? img->nlayers : 1, sizeof *st->layers);
     st->diff_ids = ib_xcalloc(img->nlayers ? img->nlayers : 1, sizeof *st->diff_ids);
     for (size_t i = 0; i < img->nlayers; i++) {
@@ -274,6 +281,8 @@ static int stage_from_image(build *b, stage *st, const char *refstr, int line)
                                      "org.opencontainers.image.base.digest", dg);
     if (json_array_size(json_object_get(st->cfg, "OnBuild")))
         ib_progress_msg(b->prog, "warning", "%s:%d: ONBUILD triggers of %s are not executed", b->df_name, line, full);
+    /* Docker: triggers fire in the child build and are not inherited further. */
+    json_object_del(st->cfg, "OnBuild");
     free(full);
     ib_image_free(img);
     return 0;
@@ -513,6 +522,32 @@ static int do_volume(build *b, stage *st, const ib_df_instr *in)
     return 0;
 }
 
+typedef struct {
+    build *b;
+    stage *st;
+} stage_ref;
+
+static int lower_dir(void *ctx, const char *path, unsigned *mode, unsigned *uid, unsigned *gid)
+{
+    stage *st = ((stage_ref *)ctx)->st;
+    return st->lidx ? ib_layer_index_dir(st->lidx, path, mode, uid, gid) : 0;
+}
+
+/* Brings the stage's directory index up to date with its layers (headers
+ * only). Stages on scratch never need it: every directory there is ours. */
+static int stage_index(build *b, stage *st)
+{
+    if (!st->base_layers) return 0;
+    if (!st->lidx) st->lidx = ib_layer_index_new();
+    for (; st->lidx_layers < st->nlayers; st->lidx_layers++) {
+        char *p = ib_store_blob_path(b->store, st->layers[st->lidx_layers].digest);
+        int r = ib_layer_index_add(st->lidx, p);
+        free(p);
+        if (r < 0) return r;
+    }
+    return 0;
+}
+
 static void stage_label(char *out, size_t n, const stage *st)
 {
     if (st->name) snprintf(out, n, "%s", st->name);
@@ -622,6 +657,12 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
                            .df_name = b->df_name};
         scope sc = {b, st};
         env.lookup_ctx = &sc;
+        stage_ref sref = {b, st};
+        if ((r = stage_index(b, st)) < 0) break;
+        if (st->lidx) {
+            env.parent_fn = lower_dir;
+            env.parent_ctx = &sref;
+        }
         env.workdir = json_string_value(json_object_get(st->cfg, "WorkingDir"));
         /* --from: a previous stage or an image; --chown by name: the stage's own /etc/passwd. */
         const char *from = ib_df_flag_get(in, "from", NULL);
@@ -782,6 +823,8 @@ static int write_image(build *b, stage *st, char *manifest_digest)
             json_object_set_new(img, "author", json_string(b->df->instrs[i].args[0]));
     json_object_set_new(img, "architecture", json_string(st->arch));
     json_object_set_new(img, "os", json_string(st->os));
+    const char *variant = kv_find(&b->meta, "TARGETVARIANT") ? kv_find(&b->meta, "TARGETVARIANT")->v : NULL;
+    if (variant && *variant && !strcmp(st->arch, b->arch)) json_object_set_new(img, "variant", json_string(variant));
     json_object_set_new(img, "config", cfg);
     json_t *diffs = json_array();
     for (size_t i = 0; i < st->nlayers; i++) json_array_append_new(diffs, json_string(st->diff_ids[i]));
@@ -813,16 +856,22 @@ static int write_image(build *b, stage *st, char *manifest_digest)
 
 /* ---------- setup ---------- */
 
-static int64_t env_epoch(int *ok)
+/* reproducible-builds.org: an integer number of seconds since 1970; anything
+ * else is an error rather than silently ignored. Capped at 9999-12-31 so
+ * timestamps stay valid RFC 3339. */
+static int env_epoch(int64_t *out, int *set)
 {
     const char *s = getenv("SOURCE_DATE_EPOCH");
-    *ok = 0;
+    *set = 0;
     if (!s || !*s) return 0;
     char *end;
+    errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (*end || v < 0) return 0;
-    *ok = 1;
-    return (int64_t)v;
+    if (*end || errno || v < 0 || v > 253402300799LL)
+        return ib_error_set(IB_EUSAGE, "SOURCE_DATE_EPOCH=%s: expected seconds since 1970 (0..253402300799)", s);
+    *out = (int64_t)v;
+    *set = 1;
+    return 0;
 }
 
 static char *default_name(const char *ctx_dir)
@@ -925,6 +974,7 @@ static void stage_free(stage *st)
     free(st->os);
     free(st->arch);
     free(st->rootfs);
+    ib_layer_index_free(st->lidx);
 }
 
 static int load_dockerfile(build *b)
@@ -933,7 +983,7 @@ static int load_dockerfile(build *b)
     char *text = NULL;
     size_t len = 0;
     int r;
-    char *ign_name = NULL;
+    char *ign_rel = NULL; /* <Dockerfile>.dockerignore: repo-relative (commit) or a disk path (--worktree) */
     if (!o->file) {
         b->df_name = ib_xstrdup("Dockerfile");
         r = ib_context_read_all(&text, &len, b->ctx, "Dockerfile", DOCKERFILE_MAX);
@@ -964,29 +1014,35 @@ static int load_dockerfile(build *b)
                     if (r == IB_ENOTFOUND)
                         r = ib_error_set(IB_EINVALID, "-f %s: not in commit %.12s (%s); commit it or use --worktree",
                                          o->file, b->git.sha, rel);
+                    ign_rel = ib_xasprintf("%s.dockerignore", rel);
                     free(rel);
                 }
                 free(rdir);
             }
             free(dir);
         }
-        if (r < 0) return ib_error_wrap(r == IB_ENOTFOUND ? IB_EINVALID : r, "-f");
-        ign_name = ib_xasprintf("%s.dockerignore", strrchr(o->file, '/') ? strrchr(o->file, '/') + 1 : o->file);
+        if (r < 0) {
+            free(ign_rel);
+            if (strncmp(ib_error_last(), "-f ", 3)) return ib_error_wrap(IB_EINVALID, "-f %s", o->file);
+            return r == IB_ENOTFOUND ? IB_EINVALID : r;
+        }
+        if (!ign_rel) ign_rel = ib_xasprintf("%s.dockerignore", o->file);
     }
     r = ib_df_parse(&b->df, text, len, b->df_name);
     free(text);
     if (r < 0) {
-        free(ign_name);
+        free(ign_rel);
         return r;
     }
-    /* BuildKit: <Dockerfile>.dockerignore next to the context root wins over .dockerignore. */
+    /* BuildKit: a <Dockerfile>.dockerignore next to the Dockerfile wins over the context's .dockerignore. */
     char *itext = NULL;
     size_t ilen = 0;
     const char *iname = ".dockerignore";
     r = IB_ENOTFOUND;
-    if (ign_name) {
-        r = ib_context_read_all(&itext, &ilen, b->ctx, ign_name, DOCKERFILE_MAX);
-        if (r == 0) iname = ign_name;
+    if (ign_rel) {
+        r = ib_context_read_repo_file(&itext, &ilen, b->ctx, ign_rel, DOCKERFILE_MAX);
+        if (r == 0) iname = ign_rel;
+        else if (r != IB_ENOTFOUND) r = IB_ENOTFOUND; /* unreadable or a directory: fall back */
     }
     if (r == IB_ENOTFOUND) r = ib_context_read_all(&itext, &ilen, b->ctx, ".dockerignore", DOCKERFILE_MAX);
     if (r == IB_ENOTFOUND) {
@@ -996,7 +1052,7 @@ static int load_dockerfile(build *b)
         r = ib_ignore_parse(&b->ignore, itext, ilen, iname);
     }
     free(itext);
-    free(ign_name);
+    free(ign_rel);
     return r;
 }
 
@@ -1054,14 +1110,20 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
         free(k);
     }
     if ((r = parse_platform(b)) < 0) goto out;
+    /* The tarball replaces the output by rename: never do that to a device or a directory. */
+    struct stat osb;
+    if (o->output && stat(o->output, &osb) == 0 && !S_ISREG(osb.st_mode)) {
+        r = ib_error_set(IB_EUSAGE, "-o %s: exists and is not a regular file", o->output);
+        goto out;
+    }
     if ((r = ib_store_open(&b->store, cache)) < 0) goto out;
     if (o->worktree) r = ib_context_open_dir(&b->ctx, &b->git, ctx_dir, 1);
     else r = ib_context_open_git(&b->ctx, &b->git, ctx_dir, o->rev ? o->rev : "HEAD");
     if (r < 0) goto out;
 
-    int ok;
-    b->epoch = env_epoch(&ok);
-    if (!ok) b->epoch = b->git.time;
+    int set;
+    if ((r = env_epoch(&b->epoch, &set)) < 0) goto out;
+    if (!set) b->epoch = b->git.time;
     ib_rfc3339(b->created, b->epoch);
 
     if ((r = load_dockerfile(b)) < 0) goto out;

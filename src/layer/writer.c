@@ -23,7 +23,15 @@ struct ib_layer_builder {
     entry *v;
     size_t n, cap;
     size_t seq;
+    ib_layer_parent_fn parent_fn;
+    void *parent_ctx;
 };
+
+void ib_layer_set_parent_meta(ib_layer_builder *b, ib_layer_parent_fn fn, void *ctx)
+{
+    b->parent_fn = fn;
+    b->parent_ctx = ctx;
+}
 
 ib_layer_builder *ib_layer_builder_new(void) { return ib_xcalloc(1, sizeof(ib_layer_builder)); }
 
@@ -243,6 +251,7 @@ static void add_parents(ib_layer_builder *b)
         int dup = i > 0 && !strcmp(cand[i], cand[i - 1]);
         if (!dup && !bsearch(cand[i], b->v, n0, sizeof *b->v, cmp_key_entry)) {
             entry e = {.path = ib_xstrdup(cand[i]), .type = IB_LE_DIR, .mode = 0755};
+            if (b->parent_fn) b->parent_fn(b->parent_ctx, cand[i], &e.mode, &e.uid, &e.gid);
             push(b, &e);
         }
     }

@@ -50,6 +50,12 @@ size_t ib_layer_count(const ib_layer_builder *b);
 /* 1 if the builder holds an entry for path. */
 int ib_layer_has(const ib_layer_builder *b, const char *path);
 
+/* Where a parent directory the layer must contain already exists below
+ * (in lower layers), its metadata is kept instead of the 0755 root default:
+ * fn returns 1 and fills mode/uid/gid for such a path. */
+typedef int (*ib_layer_parent_fn)(void *ctx, const char *path, unsigned *mode, unsigned *uid, unsigned *gid);
+void ib_layer_set_parent_meta(ib_layer_builder *b, ib_layer_parent_fn fn, void *ctx);
+
 /* Writes the layer into the store. threads 0 = all cores. */
 int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_comp_algo algo, int threads,
                    int64_t epoch);

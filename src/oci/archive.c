@@ -112,6 +112,11 @@ int ib_archive_write(const char *out_path, ib_store *s, const char *manifest_dig
 
     FILE *fp;
     char *tmp;
+    struct stat osb;
+    if (stat(out_path, &osb) == 0 && !S_ISREG(osb.st_mode)) {
+        r = ib_error_set(IB_EINVALID, "%s: exists and is not a regular file", out_path);
+        goto done_nofile;
+    }
     if ((r = ib_fs_tmpfile_near(&fp, &tmp, out_path)) < 0) goto done_nofile;
     /* mkstemp makes 0600; the tarball is an ordinary output file. */
     mode_t um = umask(0);
