@@ -12,6 +12,7 @@
 #include "oci/image.h"
 #include "oci/reference.h"
 #include "oci/store.h"
+#include "registry/transfer.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -239,11 +240,19 @@ static int stage_from_image(build *b, stage *st, const char *refstr, int line)
         if (r == 0 && ref.digest && strcmp(ref.digest, dg))
             r = ib_error_set(IB_EINVALID, "base image %s: the local store has %s under that tag", full, dg);
     }
-    if (r == IB_ENOTFOUND)
-        r = ib_error_set(IB_ENOTFOUND,
-                         "base image %s is not in the local store (add it with `imgbuild load IMAGE.tar`; "
-                         "pulling from registries comes with registry support)",
-                         full);
+    if (r == IB_ENOTFOUND) {
+        /* Not local: pull it, as docker build would. */
+        ib_reg_opts ro = {0};
+        if (b->o->reg) ro = *b->o->reg;
+        ib_progress_msg(b->prog, "info", "pulling %s", full);
+        char plat[80];
+        snprintf(plat, sizeof plat, "%s/%s", b->os, b->arch);
+        r = ib_pull(dg, b->store, &ref, plat, &ro, b->prog);
+        if (r < 0)
+            ib_error_wrap(r, "base image %s is not in the local store and pulling it failed (or `imgbuild load` "
+                             "a tarball of it)",
+                          full);
+    }
     ib_ref_clear(&ref);
     if (r < 0) {
         free(full);
@@ -1197,6 +1206,14 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     memcpy(res->revision, b->git.sha, sizeof res->revision);
     res->nlayers = fin->nlayers;
     if ((r = ib_store_set_ref(b->store, res->full_name, res->digest)) < 0) goto out;
+    {
+        /* `imgbuild push DEST` without a tarball pushes what was built here last. */
+        char *cwd = realpath(".", NULL);
+        char *note = ib_xasprintf("%s %s\n", res->digest, res->tag);
+        ib_store_set_note(b->store, "last-build", cwd ? cwd : ".", note);
+        free(note);
+        free(cwd);
+    }
     if (o->output) {
         res->output = ib_xstrdup(o->output);
     } else {

@@ -10,6 +10,7 @@
 #include "common/progress.h"
 #include "layer/compress.h"
 #include "oci/digest.h"
+#include "registry/client.h"
 
 typedef struct {
     const char *context_dir;  /* default "." */
@@ -25,6 +26,7 @@ typedef struct {
     const char *platform;     /* "linux/amd64" default */
     const char *output;       /* NULL: "<name>.tar" in the current directory */
     int threads;              /* 0 = all cores */
+    const ib_reg_opts *reg;   /* transport for pulling base images (NULL: defaults) */
     ib_progress *progress;
 } ib_build_opts;
 

@@ -30,6 +30,7 @@ static const char help[] =
     "  -j, --jobs N             compression threads (default: all cores)\n"
     "  -q, --quiet              print only the image digest\n"
     "  -h, --help               this help\n"
+    "Base images not in the local store are pulled (registry flags below).\n" IB_CLI_REG_HELP
     "\n"
     "SOURCE_DATE_EPOCH overrides the commit time used for timestamps.\n";
 
@@ -50,8 +51,10 @@ int ib_cmd_build(int argc, char **argv)
         {"secret", required_argument, 0, O_SECRET},  {"network", required_argument, 0, O_NETWORK},
         {"platform", required_argument, 0, O_PLATFORM}, {"progress", required_argument, 0, O_PROGRESS},
         {"jobs", required_argument, 0, 'j'},         {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},               {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},               IB_CLI_REG_OPTIONS, {0, 0, 0, 0}};
     ib_build_opts o = {0};
+    ib_reg_opts ro = {0};
+    o.reg = &ro;
     o.compression = IB_COMP_GZIP;
     const char **bargs = NULL;
     size_t nb = 0;
@@ -61,6 +64,7 @@ int ib_cmd_build(int argc, char **argv)
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":f:o:j:qh", opts, NULL)) != -1) {
+        if (ib_cli_reg_opt(&ro, c, optarg)) continue;
         switch (c) {
         case 'f': o.file = optarg; break;
         case 'o': o.output = optarg; break;

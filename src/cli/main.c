@@ -12,6 +12,9 @@ static const char usage[] =
     "usage: imgbuild [build] [CONTEXT] [flags]    build CONTEXT's Dockerfile from a git commit\n"
     "       imgbuild inspect IMAGE.tar|REF [--json]\n"
     "       imgbuild load IMAGE.tar\n"
+    "       imgbuild push [IMAGE.tar] HOST/REPO[:TAG] [--also-tag T]\n"
+    "       imgbuild pull REF [-o FILE]\n"
+    "       imgbuild login HOST -u USER --password-stdin | imgbuild logout HOST\n"
     "       imgbuild --version | --help | <verb> --help\n"
     "\n"
     "Builds an OCI image tarball tagged sha-<commit> without a Docker daemon.\n"
@@ -21,6 +24,17 @@ int ib_cli_fail(int code)
 {
     fprintf(stderr, "imgbuild: error: %s\n", ib_error_last());
     return code == IB_EUSAGE ? IB_EXIT_USAGE : IB_EXIT_FAIL;
+}
+
+int ib_cli_reg_opt(ib_reg_opts *o, int c, const char *arg)
+{
+    switch (c) {
+    case IB_OPT_PLAIN_HTTP: o->plain_http = 1; return 1;
+    case IB_OPT_CA_FILE: o->ca_file = arg; return 1;
+    case IB_OPT_INSECURE: o->insecure = 1; return 1;
+    case IB_OPT_AUTHFILE: o->authfile = arg; return 1;
+    default: return 0;
+    }
 }
 
 int ib_cli_usage_error(const char *fmt, ...)
@@ -60,7 +74,11 @@ int main(int argc, char **argv)
         if (!strcmp(v, "build")) return ib_cmd_build(argc - 1, argv + 1);
         if (!strcmp(v, "inspect")) return ib_cmd_inspect(argc - 1, argv + 1);
         if (!strcmp(v, "load")) return ib_cmd_load(argc - 1, argv + 1);
-        static const char *later[] = {"push", "pull", "login", "logout", "cache", "slim", "retag"};
+        if (!strcmp(v, "push")) return ib_cmd_push(argc - 1, argv + 1);
+        if (!strcmp(v, "pull")) return ib_cmd_pull(argc - 1, argv + 1);
+        if (!strcmp(v, "login")) return ib_cmd_login(argc - 1, argv + 1);
+        if (!strcmp(v, "logout")) return ib_cmd_logout(argc - 1, argv + 1);
+        static const char *later[] = {"cache", "slim", "retag"};
         for (size_t i = 0; i < sizeof later / sizeof *later; i++)
             if (!strcmp(v, later[i]))
                 return ib_cli_usage_error("'%s' is not part of this version of imgbuild (see 'imgbuild --help')", v);

@@ -287,7 +287,7 @@ int ib_store_read_blob(char **out, size_t *len, ib_store *s, const char *digest,
 
 /* Ref names contain '/', ':' and '@': percent-encode everything outside a safe
  * set so each name is one flat file and distinct names never collide. */
-static char *ref_path(const ib_store *s, const char *name)
+static char *escaped_path(const char *dir, const char *name)
 {
     size_t n = strlen(name);
     char *enc = ib_xmalloc(n * 3 + 1), *o = enc;
@@ -300,9 +300,34 @@ static char *ref_path(const ib_store *s, const char *name)
             o += sprintf(o, "%%%02X", c);
     }
     *o = 0;
-    char *p = ib_xasprintf("%s/%s", s->refs, enc);
+    char *p = ib_xasprintf("%s/%s", dir, enc);
     free(enc);
     return p;
+}
+
+static char *ref_path(const ib_store *s, const char *name) { return escaped_path(s->refs, name); }
+
+int ib_store_set_note(ib_store *s, const char *ns, const char *key, const char *value)
+{
+    char *dir = ib_xasprintf("%s/notes/%s", s->dir, ns);
+    int r = ib_fs_mkdir_p(dir, 0755);
+    if (r == 0) {
+        char *p = escaped_path(dir, key);
+        r = ib_fs_write_atomic(p, value, strlen(value), 0644);
+        free(p);
+    }
+    free(dir);
+    return r;
+}
+
+int ib_store_get_note(char **value, ib_store *s, const char *ns, const char *key)
+{
+    char *dir = ib_xasprintf("%s/notes/%s", s->dir, ns);
+    char *p = escaped_path(dir, key);
+    int r = ib_fs_read_all(value, NULL, p, 1 << 16);
+    free(p);
+    free(dir);
+    return r;
 }
 
 int ib_store_set_ref(ib_store *s, const char *name, const char *manifest_digest)

@@ -50,4 +50,8 @@ int ib_store_set_ref(ib_store *s, const char *name, const char *manifest_digest)
 /* IB_ENOTFOUND if unknown. */
 int ib_store_get_ref(char *digest_out, ib_store *s, const char *name);
 
+/* Small named records (e.g. "last-build" per directory), atomic like refs. */
+int ib_store_set_note(ib_store *s, const char *ns, const char *key, const char *value);
+int ib_store_get_note(char **value, ib_store *s, const char *ns, const char *key);
+
 #endif
