@@ -184,6 +184,9 @@ int ib_cmd_push(int argc, char **argv)
             for (size_t i = 0; i < ntags; i++) printf("Pushed  %s/%s:%s\n", dest.registry, dest.repo, tags[i]);
             printf("Digest  %s\nBlobs   %u: %u uploaded (%s), %u mounted, %u already there (%.2fs)\n", digest,
                    res.blobs, res.uploaded, hs, res.mounted, res.existed, res.seconds);
+            if (res.resumed || res.restarted)
+                printf("Recovered %u interrupted upload%s (%u resumed, %u restarted)\n", res.resumed + res.restarted,
+                       res.resumed + res.restarted == 1 ? "" : "s", res.resumed, res.restarted);
         }
     }
     ib_progress_free(p);

@@ -85,13 +85,31 @@ void ib_registry_get_stats(ib_registry_stats *out, ib_registry *r)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void add_scope_locked(ib_registry *r, const char *scope)
+/* Adds a scope unless an equal or wider one is there ("pull" is covered by
+ * "pull,push" on the same repository). Returns 1 if the token must change. */
+static int add_scope_locked(ib_registry *r, const char *scope)
 {
-    for (size_t i = 0; i < r->nscopes; i++)
-        if (!strcmp(r->scopes[i], scope)) return;
+    const char *colon = strrchr(scope, ':');
+    size_t prefix = colon ? (size_t)(colon - scope) : strlen(scope);
+    for (size_t i = 0; i < r->nscopes; i++) {
+        if (!strcmp(r->scopes[i], scope)) return 0;
+        if (colon && !strncmp(r->scopes[i], scope, prefix + 1)) {
+            int covered = 1;
+            char *acts = ib_xstrdup(colon + 1), *save = NULL;
+            for (char *a = strtok_r(acts, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+                const char *have = r->scopes[i] + prefix + 1;
+                size_t al = strlen(a);
+                const char *f = strstr(have, a);
+                if (!(f && (f == have || f[-1] == ',') && (f[al] == 0 || f[al] == ','))) covered = 0;
+            }
+            free(acts);
+            if (covered) return 0;
+        }
+    }
     r->scopes = ib_xrealloc(r->scopes, (r->nscopes + 1) * sizeof *r->scopes);
     r->scopes[r->nscopes++] = ib_xstrdup(scope);
     r->scopes_dirty = 1;
+    return 1;
 }
 
 void ib_registry_want(ib_registry *r, const char *repo, const char *actions)
@@ -199,20 +217,22 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
         pthread_mutex_lock(&r->mu);
         int err = 0;
         if (!strcmp(c.scheme, "bearer")) {
-            if (kind == AUTH_BEARER && gen == r->token_gen && !r->scopes_dirty) {
-                /* Our token was refused: maybe the challenge names a scope we lacked. */
-                if (!c.scope || attempt >= 1) err = 1;
-            }
-            ib_challenge_clear(&r->chal);
-            r->chal = c;
+            /* Parallel requests all meet the first challenge: whoever comes
+             * second finds a token fetched after it sent and just retries. */
+            int fresh_elsewhere = r->kind == AUTH_BEARER && r->token && r->token_gen != gen;
+            int added = 0;
             /* Distribution may list several scopes in one parameter, space-separated. */
             if (c.scope) {
                 char *dup = ib_xstrdup(c.scope), *save = NULL;
-                for (char *t = strtok_r(dup, " ", &save); t; t = strtok_r(NULL, " ", &save)) add_scope_locked(r, t);
+                for (char *t = strtok_r(dup, " ", &save); t; t = strtok_r(NULL, " ", &save))
+                    added |= add_scope_locked(r, t);
                 free(dup);
             }
+            if (!fresh_elsewhere && kind == AUTH_BEARER && r->token && !added)
+                err = 2; /* the token we sent already covered what the registry asks for */
+            ib_challenge_clear(&r->chal);
+            r->chal = c;
             r->kind = AUTH_BEARER;
-            if (!err) r->scopes_dirty = 1;
         } else if (!strcmp(c.scheme, "basic")) {
             if (kind == AUTH_BEARER) {
                 /* Harbor answers a token without enough scope with a bare Basic challenge. */
@@ -242,7 +262,7 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
             return e;
         }
         if (err == 2) {
-            int e = ib_error_set(IB_EAUTH, "%s: access denied: the token does not grant %s (no permission on the "
+            int e = ib_error_set(IB_EAUTH, "%s: access denied: the registry did not grant %s (no permission on the "
                                            "repository for this account?)",
                                  r->host, r->nscopes ? r->scopes[0] : "the needed scope");
             ib_http_resp_clear(resp);
@@ -361,12 +381,6 @@ static long long fd_read(void *ctx, char *buf, size_t n)
     return k;
 }
 
-static int fd_rewind(void *ctx)
-{
-    ((struct fd_body *)ctx)->pos = 0;
-    return 0;
-}
-
 /* "Range: 0-1234" (Distribution's upload status) -> next offset 1235. */
 static int range_next(uint64_t *next, const ib_http_resp *resp)
 {
@@ -427,7 +441,9 @@ restart:
     while (off < size) {
         uint64_t n = size - off < r->o.chunk_size ? size - off : r->o.chunk_size;
         struct fd_body fb = {fd, off, n, 0};
-        ib_http_body body = {fd_read, fd_rewind, &fb, (int64_t)n};
+        /* No rewind: curl would silently resend the chunk on a dead connection,
+         * and Distribution appends PATCH bodies whatever Content-Range says. */
+        ib_http_body body = {fd_read, NULL, &fb, (int64_t)n};
         char cr[96];
         snprintf(cr, sizeof cr, "Content-Range: %llu-%llu", (unsigned long long)off, (unsigned long long)(off + n - 1));
         const char *hs[] = {"Content-Type: application/octet-stream", cr, NULL};
@@ -447,8 +463,16 @@ restart:
                 goto out;
             }
             usleep(100000u * (unsigned)resumes);
+            /* Resume where the registry says it is; a registry that no longer
+             * knows the session (Distribution: its _state no longer matches
+             * what the cut request wrote) gets the blob again from the start. */
             int st = upload_status(&off, &loc, r);
-            if (st == IB_ENOTFOUND && restarts++ < 3) goto restart;
+            if (st == IB_ENOTFOUND && restarts++ < 3) {
+                pthread_mutex_lock(&r->mu);
+                r->st.restarted++;
+                pthread_mutex_unlock(&r->mu);
+                goto restart;
+            }
             if (st < 0) {
                 rc = st;
                 goto out;
@@ -488,8 +512,13 @@ restart:
         rc = do_req(&resp, r, &req);
         free(url);
         if (rc < 0) goto out;
-        if (resp.status == 404 && restarts++ < 3) {
+        /* 404: the session expired; 400 DIGEST_INVALID: bytes from a cut
+         * request landed after we resumed. Either way: start over. */
+        if ((resp.status == 404 || resp.status == 400) && restarts++ < 3) {
             ib_http_resp_clear(&resp);
+            pthread_mutex_lock(&r->mu);
+            r->st.restarted++;
+            pthread_mutex_unlock(&r->mu);
             goto restart;
         }
         if (resp.status != 201) {

@@ -212,6 +212,7 @@ int ib_push(ib_push_result *res, ib_store *s, const char *manifest_digest, const
     res->mounted = st.mounted;
     res->existed = (unsigned)m - st.uploaded - st.mounted;
     res->resumed = st.resumed;
+    res->restarted = st.restarted;
     res->bytes_up = st.bytes_up;
     res->seconds = ib_now() - t0;
     for (size_t i = 0; i < n; i++) free(jobs[i].mount_from);

@@ -11,7 +11,7 @@
 #include "registry/client.h"
 
 typedef struct {
-    unsigned blobs, uploaded, mounted, existed, resumed;
+    unsigned blobs, uploaded, mounted, existed, resumed, restarted;
     uint64_t bytes_up;
     double seconds;
 } ib_push_result;
