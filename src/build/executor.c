@@ -685,11 +685,10 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
             if (!src) {
                 tmp_img.index = 1000 + st->index;
                 if ((r = stage_from_image(b, &tmp_img, from_x, in->line)) < 0) {
-                    if (r == IB_ENOTFOUND)
-                        r = ib_error_set(IB_EINVALID,
-                                         "%s --from=%s: no stage of that name before this line, and no such image "
-                                         "in the local store",
-                                         ib_df_kind_name(in->kind), from_x);
+                    char *why = ib_xstrdup(ib_error_last());
+                    r = ib_error_set(IB_EINVALID, "%s --from=%s: no stage of that name before this line, and as an image: %s",
+                                     ib_df_kind_name(in->kind), from_x, why);
+                    free(why);
                     goto copy_out;
                 }
                 src = &tmp_img;

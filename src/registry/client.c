@@ -55,7 +55,8 @@ int ib_registry_open(ib_registry **out, const char *host, const ib_reg_opts *o)
         free(r);
         return rc;
     }
-    r->base = ib_http_base_url(r->http, host);
+    /* "docker.io" names Docker Hub; its API lives at registry-1.docker.io. */
+    r->base = ib_http_base_url(r->http, strcmp(host, "docker.io") ? host : "registry-1.docker.io");
     pthread_mutex_init(&r->mu, NULL);
     *out = r;
     return 0;
