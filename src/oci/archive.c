@@ -267,6 +267,33 @@ static int pathmap_find(const struct pathmap *m, const char *p)
     return -1;
 }
 
+static void pathmap_add(struct pathmap *m, const char *name, const char *dg, uint64_t size, const char *mt);
+
+/* A blobs/sha256/<hex> member skipped because the store had it: map it from the store. */
+static int pathmap_find_or_store(struct pathmap *m, ib_store *s, const char *p)
+{
+    int i = pathmap_find(m, p);
+    if (i >= 0 || strncmp(p, "blobs/sha256/", 13)) return i;
+    char *dg = ib_xasprintf("sha256:%s", p + 13);
+    uint64_t size;
+    if (!ib_digest_valid(dg) || !ib_store_has_blob(s, dg, &size)) {
+        free(dg);
+        return -1;
+    }
+    unsigned char head[4] = {0};
+    char *bp = ib_store_blob_path(s, dg);
+    FILE *f = fopen(bp, "rb");
+    size_t nh = f ? fread(head, 1, 4, f) : 0;
+    if (f) fclose(f);
+    free(bp);
+    const char *mt = IB_MT_OCI_LAYER;
+    if (nh >= 2 && head[0] == 0x1f && head[1] == 0x8b) mt = IB_MT_OCI_LAYER_GZIP;
+    else if (nh >= 4 && head[0] == 0x28 && head[1] == 0xb5 && head[2] == 0x2f && head[3] == 0xfd) mt = IB_MT_OCI_LAYER_ZSTD;
+    pathmap_add(m, p, dg, size, mt);
+    free(dg);
+    return (int)m->n - 1;
+}
+
 struct sniff_sink {
     ib_blob_writer *w;
     unsigned char head[4];
@@ -305,16 +332,21 @@ static int store_entry(struct pathmap *m, ib_store *s, struct archive *a, const 
     if (nhead >= 2 && head[0] == 0x1f && head[1] == 0x8b) mt = IB_MT_OCI_LAYER_GZIP;
     else if (nhead >= 4 && head[0] == 0x28 && head[1] == 0xb5 && head[2] == 0x2f && head[3] == 0xfd)
         mt = IB_MT_OCI_LAYER_ZSTD;
+    pathmap_add(m, name, dg, size, mt);
+    return 0;
+}
+
+static void pathmap_add(struct pathmap *m, const char *name, const char *dg, uint64_t size, const char *mt)
+{
     m->paths = ib_xrealloc(m->paths, (m->n + 1) * sizeof *m->paths);
     m->digests = ib_xrealloc(m->digests, (m->n + 1) * sizeof *m->digests);
     m->sizes = ib_xrealloc(m->sizes, (m->n + 1) * sizeof *m->sizes);
     m->mts = ib_xrealloc(m->mts, (m->n + 1) * sizeof *m->mts);
     m->paths[m->n] = ib_xstrdup(name);
-    memcpy(m->digests[m->n], dg, sizeof dg);
+    memcpy(m->digests[m->n], dg, IB_DIGEST_STRLEN + 1);
     m->sizes[m->n] = size;
     m->mts[m->n] = ib_xstrdup(mt);
     m->n++;
-    return 0;
 }
 
 static void add_name(ib_loaded *l, const char *raw)
@@ -333,11 +365,11 @@ static void add_name(ib_loaded *l, const char *raw)
 }
 
 /* Builds an OCI manifest for a docker-archive image entry (Config + Layers paths). */
-static int manifest_from_docker(char *out_digest, ib_store *s, const struct pathmap *m, json_t *entry)
+static int manifest_from_docker(char *out_digest, ib_store *s, struct pathmap *m, json_t *entry)
 {
     const char *cfgp = json_string_value(json_object_get(entry, "Config"));
     json_t *layers = json_object_get(entry, "Layers");
-    int ci = cfgp ? pathmap_find(m, cfgp) : -1;
+    int ci = cfgp ? pathmap_find_or_store(m, s, cfgp) : -1;
     if (ci < 0 || !json_is_array(layers)) return ib_error_set(IB_EINVALID, "manifest.json: entry without Config/Layers");
     json_t *man = json_object(), *lays = json_array();
     json_object_set_new(man, "schemaVersion", json_integer(2));
@@ -350,7 +382,7 @@ static int manifest_from_docker(char *out_digest, ib_store *s, const struct path
     json_array_foreach(layers, i, lp)
     {
         const char *p = json_string_value(lp);
-        int li = p ? pathmap_find(m, p) : -1;
+        int li = p ? pathmap_find_or_store(m, s, p) : -1;
         if (li < 0) {
             json_decref(man);
             json_decref(lays);
@@ -398,6 +430,16 @@ int ib_archive_load(ib_loaded **out, size_t *nout, ib_store *s, const char *tar_
                 r = ib_error_set(IB_EINVALID, "%s: member %s is not named by a sha256 digest", tar_path, name);
                 free(expect);
                 goto done;
+            }
+            /* Already in the store (verified when it was written): skip the
+             * member's bytes instead of hashing them again. For an
+             * uncompressed tar libarchive seeks over them. */
+            uint64_t have;
+            if (ib_store_has_blob(s, expect, &have) && archive_entry_size_is_set(e) &&
+                (uint64_t)archive_entry_size(e) == have) {
+                archive_read_data_skip(a);
+                free(expect);
+                continue;
             }
             r = store_entry(&m, s, a, name, expect);
             free(expect);
