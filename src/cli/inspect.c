@@ -6,6 +6,7 @@
 #include "oci/image.h"
 #include "oci/reference.h"
 #include "oci/store.h"
+#include "registry/transfer.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -15,10 +16,11 @@
 #include <sys/stat.h>
 
 static const char help[] =
-    "usage: imgbuild inspect IMAGE.tar|REF [--json] [--cache-dir DIR]\n"
+    "usage: imgbuild inspect IMAGE.tar|REF [--json] [--cache-dir DIR] [--platform OS/ARCH]\n"
     "\n"
-    "Shows an image tarball's (or a locally stored image's) name, tag, digest,\n"
-    "layers and sizes, config and annotations. Every blob read is verified.\n";
+    "Shows an image tarball's (or a stored or remote image's) name, tag, digest,\n"
+    "layers and sizes, config and annotations. Every blob read is verified. A REF\n"
+    "not in the local store is looked up in its registry (manifest and config only).\n" IB_CLI_REG_HELP;
 
 /* Reads a blob member of the tarball and checks it against its digest. */
 static int read_verified(json_t **out, const char *tar, const char *digest, size_t max)
@@ -139,15 +141,21 @@ int ib_cmd_inspect(int argc, char **argv)
 {
     static const struct option opts[] = {{"json", no_argument, 0, 'J'},
                                          {"cache-dir", required_argument, 0, 'C'},
+                                         {"platform", required_argument, 0, 'p'},
                                          {"help", no_argument, 0, 'h'},
+                                         IB_CLI_REG_OPTIONS,
                                          {0, 0, 0, 0}};
+    ib_reg_opts ro = {0};
+    const char *platform = NULL;
     int as_json = 0, c;
     const char *cache_dir = NULL;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (ib_cli_reg_opt(&ro, c, optarg)) continue;
         switch (c) {
         case 'J': as_json = 1; break;
+        case 'p': platform = optarg; break;
         case 'C': cache_dir = optarg; break;
         case 'h': fputs(help, stdout); return 0;
         case ':': return ib_cli_usage_error("%s: missing value", argv[optind - 1]);
@@ -216,6 +224,29 @@ int ib_cmd_inspect(int argc, char **argv)
         }
         ib_image_free(img);
         ib_store_free(s);
+        if (r == IB_ENOTFOUND) {
+            /* Not local: ask the registry for manifest and config only. */
+            ib_ref rr;
+            char *mtxt = NULL, *ctxt = NULL;
+            char *remote_err = NULL, *local_err = ib_xstrdup(ib_error_last());
+            if (ib_ref_parse(&rr, what, "latest") == 0) {
+                r = ib_fetch_metadata(&mtxt, &ctxt, digest, &rr, platform, &ro);
+                if (r < 0) remote_err = ib_xstrdup(ib_error_last());
+                ib_ref_clear(&rr);
+            }
+            if (r == 0) {
+                man = json_loads(mtxt, 0, NULL);
+                cfg = json_loads(ctxt, 0, NULL);
+                msize = strlen(mtxt);
+                if (!man || !cfg) r = ib_error_set(IB_EINVALID, "%s: the registry sent invalid JSON", what);
+            } else {
+                r = ib_error_set(r, "%s (and from the registry: %s)", local_err, remote_err ? remote_err : "?");
+            }
+            free(local_err);
+            free(remote_err);
+            free(mtxt);
+            free(ctxt);
+        }
         if (r < 0) goto fail;
     }
     if (as_json) {

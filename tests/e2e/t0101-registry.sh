@@ -122,6 +122,13 @@ test_expect_success 'a blob whose bytes do not match its digest is refused' '
     test "$(proxy_tamper_count TAMP)" -ge 1
 '
 
+test_expect_success 'inspect REF reads a remote image (manifest and config only)' '
+    export IMGBUILD_CACHE="$TMP/cache-inspect" &&
+    ib inspect --plain-http "$P_HOST/wepp/app:sha-$SHA" >"$TMP/ri" &&
+    grep -q "^Digest  *$D" "$TMP/ri" && grep -q "^Layers  *2" "$TMP/ri" &&
+    test -z "$(ls -A "$IMGBUILD_CACHE/blobs/sha256")"
+'
+
 test_expect_success 'a manifest that does not exist, an unreachable registry' '
     expect_error "manifest unknown" pull --plain-http "$P_HOST/wepp/app:nope" &&
     expect_error "127.0.0.1:1" pull --plain-http "127.0.0.1:1/wepp/app:x"
