@@ -6,6 +6,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <ctype.h>
+#include <stdarg.h>
 #include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,29 @@ static int collect_source(matches *m, const ib_copy_env *env, const char *word, 
 /* ---------- entries ---------- */
 
 typedef struct {
+    char *s;
+    size_t len, cap;
+} strbuf;
+
+static void sb_add(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(strbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *t;
+    int n = vasprintf(&t, fmt, ap);
+    va_end(ap);
+    if (n < 0) abort();
+    if (b->len + (size_t)n + 1 > b->cap) {
+        b->cap = (b->len + (size_t)n + 1) * 2;
+        b->s = ib_xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->len, t, (size_t)n + 1);
+    b->len += (size_t)n;
+    free(t);
+}
+
+typedef struct {
     const ib_copy_env *env;
     ib_layer_builder *lb;
     int has_chmod;
@@ -265,7 +289,34 @@ typedef struct {
     ib_ignore *exclude;
     ib_context *ctx; /* the context the current walk reads */
     const ib_ignore *ignore;
+    strbuf inputs;   /* what decided this layer, for explaining cache misses */
 } copier;
+
+static int hash_sink(void *ctx, const void *buf, size_t len)
+{
+    ib_digest_update(ctx, buf, len);
+    return 0;
+}
+
+/* Content id of a file: its git blob id when it comes from a commit (no read
+ * needed), else the sha256 of its bytes. */
+static int content_id(char **out, ib_context *ctx, const char *path, const ib_ctx_stat *st)
+{
+    if (st->id[0]) {
+        *out = ib_xasprintf("git:%s", st->id);
+        return 0;
+    }
+    ib_digester *d = NULL;
+    int r = ib_digest_new(&d);
+    if (r < 0) return r;
+    r = ib_context_read(ctx, path, hash_sink, d);
+    char dg[IB_DIGEST_STRLEN + 1];
+    ib_digest_final(dg, d);
+    ib_digest_free(d);
+    if (r < 0) return r;
+    *out = ib_xstrdup(dg);
+    return 0;
+}
 
 static void set_owner(const copier *c, ib_layer_entry *e, unsigned uid, unsigned gid)
 {
@@ -292,17 +343,26 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
         e.mode = 0777;
         e.link = target;
         r = ib_layer_add(c->lb, &e);
+        sb_add(&c->inputs, "src %s link:%s\n", src, target);
         free(target);
         return r;
     }
-    default:
+    default: {
+        char *cid;
+        int r = content_id(&cid, c->ctx, src, st);
+        if (r < 0) return r;
         e.type = IB_LE_FILE;
         e.mode = c->has_chmod ? c->chmod : st->mode;
         e.size = st->size;
         e.src = c->ctx;
         e.src_path = src;
         e.content = ib_context_read;
-        return ib_layer_add(c->lb, &e);
+        e.content_id = cid;
+        r = ib_layer_add(c->lb, &e);
+        sb_add(&c->inputs, "src %s %s\n", src, cid);
+        free(cid);
+        return r;
+    }
     }
 }
 
@@ -429,7 +489,9 @@ static int add_archive(copier *c, const char *src, const ib_ctx_stat *st, const 
     copier sub = *c;
     sub.ctx = *keep;
     sub.ignore = NULL;
-    return walk_dir(&sub, "", dst, "");
+    r = walk_dir(&sub, "", dst, "");
+    c->inputs = sub.inputs; /* the walk may have grown the buffer */
+    return r;
 }
 
 /* ---------- the instruction ---------- */
@@ -548,10 +610,13 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
             }
             heredoc_bodies[i] = body;
             char *dp = dest_dir || nsrc > 1 ? ib_fs_join(dest, hd->name) : ib_xstrdup(dest);
+            char hid[IB_DIGEST_STRLEN + 1];
+            ib_digest_buf(hid, body, strlen(body));
             ib_layer_entry e = {.path = dp + 1, .type = IB_LE_FILE, .mode = c.has_chmod ? c.chmod : 0644,
-                                .size = strlen(body), .src = body, .content = mem_content};
+                                .size = strlen(body), .src = body, .content = mem_content, .content_id = hid};
             set_owner(&c, &e, 0, 0);
             r = ib_layer_add(c.lb, &e);
+            sb_add(&c.inputs, "src <<%s %s\n", hd->name, hid);
             free(dp);
             if (r < 0) goto out;
             nheredoc_src++;
@@ -609,8 +674,10 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
             if (r < 0) goto out;
         }
     }
-    r = ib_layer_write(res, c.lb, env->store, env->compression, env->threads, env->epoch);
+    if (env->produce) r = env->produce(env->produce_ctx, c.lb, c.inputs.s ? c.inputs.s : "", res);
+    else r = ib_layer_write(res, c.lb, env->store, env->compression, env->threads, env->epoch);
 out:
+    free(c.inputs.s);
     if (r < 0 && strncmp(ib_error_last(), kind, strlen(kind))) ib_error_wrap(r, "%s", kind);
     ib_layer_builder_free(c.lb);
     ib_ignore_free(c.exclude);

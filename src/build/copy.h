@@ -29,6 +29,10 @@ typedef struct {
     unsigned uid, gid;
     ib_layer_parent_fn parent_fn; /* metadata of directories that exist below (may be NULL) */
     void *parent_ctx;
+    /* Turns the planned layer into a result (cache lookup, else write). inputs:
+     * "src <path> <content id>" lines, for explaining cache misses. NULL: always write. */
+    int (*produce)(void *ctx, ib_layer_builder *b, const char *inputs, ib_layer_result *res);
+    void *produce_ctx;
 } ib_copy_env;
 
 int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr *in, int is_add);

@@ -1,5 +1,6 @@
 #include "build/executor.h"
 #include "build/context.h"
+#include "build/cache.h"
 #include "build/copy.h"
 #include "build/dockerfile.h"
 #include "build/ignore.h"
@@ -122,6 +123,9 @@ typedef struct {
     /* strings that must outlive layer writes (expanded heredocs) */
     char **keep;
     size_t nkeep;
+    ib_cache *cache;
+    int64_t layer_mtime;
+    unsigned cached, built;
 } build;
 
 static void mark_arg_used(build *b, const char *k)
@@ -534,7 +538,41 @@ static int do_volume(build *b, stage *st, const ib_df_instr *in)
 typedef struct {
     build *b;
     stage *st;
+    const ib_df_instr *in;
+    int hit;
+    char *why; /* reason for a miss */
 } stage_ref;
+
+/* The layer a COPY/ADD planned: served from the cache when its key is there,
+ * else written (compressed) and remembered. */
+static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib_layer_result *res)
+{
+    stage_ref *sr = ctx;
+    build *b = sr->b;
+    stage *st = sr->st;
+    char chain[IB_DIGEST_STRLEN + 1], entries[IB_DIGEST_STRLEN + 1], key[IB_DIGEST_STRLEN + 1];
+    ib_cache_chain(chain, st->diff_ids, st->nlayers);
+    ib_layer_builder_digest(entries, lb);
+    const char *comp = ib_compress_name(b->o->compression);
+    ib_cache_key(key, chain, comp, entries);
+    char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%s", sr->in->original, chain, comp, inputs);
+    char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
+                                 st->name ? st->name : "-", (size_t)(sr->in - b->df->instrs));
+    int r = 0;
+    if (!b->o->no_cache) r = ib_cache_get(res, b->cache, key);
+    if (r == 1) {
+        sr->hit = 1;
+        r = 0;
+    } else if (r == 0) {
+        sr->why = b->o->no_cache ? ib_xstrdup("--no-cache") : ib_cache_explain(b->cache, locator, all);
+        r = ib_layer_write(res, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
+        if (r == 0) r = ib_cache_put(b->cache, key, res, sr->in->original);
+    }
+    if (r == 0) ib_cache_record(b->cache, locator, all);
+    free(all);
+    free(locator);
+    return r;
+}
 
 static int lower_dir(void *ctx, const char *path, unsigned *mode, unsigned *uid, unsigned *gid)
 {
@@ -571,6 +609,7 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
     ib_progress_step_begin(b->prog, label, n, total, in->original);
     ib_layer_result lr;
     int made_layer = 0;
+    char why[700] = "";
     switch (in->kind) {
     case IB_DF_ENV:
         r = do_kv_list(b, st, in, 1);
@@ -660,13 +699,15 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
                            .ignore = b->ignore,
                            .escape = b->df->escape,
                            .lookup = lookup,
-                           .epoch = b->epoch,
+                           .epoch = b->layer_mtime,
                            .compression = b->o->compression,
                            .threads = b->o->threads,
                            .df_name = b->df_name};
         scope sc = {b, st};
         env.lookup_ctx = &sc;
-        stage_ref sref = {b, st};
+        stage_ref sref = {b, st, in, 0, NULL};
+        env.produce = produce_layer;
+        env.produce_ctx = &sref;
         if ((r = stage_index(b, st)) < 0) break;
         if (st->lidx) {
             env.parent_fn = lower_dir;
@@ -685,10 +726,10 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
             if (!src) {
                 tmp_img.index = 1000 + st->index;
                 if ((r = stage_from_image(b, &tmp_img, from_x, in->line)) < 0) {
-                    char *why = ib_xstrdup(ib_error_last());
+                    char *img_err = ib_xstrdup(ib_error_last());
                     r = ib_error_set(IB_EINVALID, "%s --from=%s: no stage of that name before this line, and as an image: %s",
-                                     ib_df_kind_name(in->kind), from_x, why);
-                    free(why);
+                                     ib_df_kind_name(in->kind), from_x, img_err);
+                    free(img_err);
                     goto copy_out;
                 }
                 src = &tmp_img;
@@ -719,7 +760,11 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
             if (r < 0) goto copy_out;
         }
         r = ib_copy_run(&lr, &env, in, in->kind == IB_DF_ADD);
-        if (r == 0) made_layer = 1;
+        if (r == 0) made_layer = sref.hit ? 2 : 1;
+        if (r == 0 && !sref.hit && sref.why) {
+            snprintf(why, sizeof why, "rebuilt: %s", sref.why);
+        }
+        free(sref.why);
     copy_out:
         free(from_x);
         ib_context_free(from_ctx);
@@ -752,7 +797,9 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
     if (made_layer) {
         push_layer(st, &lr);
         add_history(b, st, in->original, 0);
-        ib_progress_step_end(b->prog, "DONE", lr.size, lr.digest, NULL);
+        if (made_layer == 2) b->cached++;
+        else b->built++;
+        ib_progress_step_end(b->prog, made_layer == 2 ? "CACHED" : "BUILT", lr.size, lr.digest, why[0] ? why : NULL);
     } else {
         add_history(b, st, in->original, 1);
         ib_progress_step_end(b->prog, "DONE", 0, NULL, NULL);
@@ -1132,6 +1179,14 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     int set;
     if ((r = env_epoch(&b->epoch, &set)) < 0) goto out;
     if (!set) b->epoch = b->git.time;
+    /* File times in layers: 1980-01-01 (the earliest a ZIP can hold; Python
+     * wheel builds copy these files), clamped to SOURCE_DATE_EPOCH when that
+     * is earlier. Not the commit time: a layer's bytes must depend only on
+     * its content, so a code-only commit reuses the dependency layer and a
+     * warm cache gives the same digest as a cold one. */
+    b->layer_mtime = b->epoch < 315532800 ? b->epoch : 315532800;
+    if ((r = ib_cache_open(&b->cache, b->store)) < 0) goto out;
+    if ((r = ib_cache_lock_shared(b->cache)) < 0) goto out;
     ib_rfc3339(b->created, b->epoch);
 
     if ((r = load_dockerfile(b)) < 0) goto out;
@@ -1238,6 +1293,9 @@ out:
     free(b->df_name);
     ib_context_free(b->ctx);
     ib_git_info_clear(&b->git);
+    res->cached = b->cached;
+    res->built = b->built;
+    ib_cache_free(b->cache);
     ib_store_free(b->store);
     free(cache);
     free(name);

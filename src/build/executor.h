@@ -27,6 +27,7 @@ typedef struct {
     const char *output;       /* NULL: "<name>.tar" in the current directory */
     int threads;              /* 0 = all cores */
     const ib_reg_opts *reg;   /* transport for pulling base images (NULL: defaults) */
+    int no_cache;             /* build every layer (results still go into the cache) */
     ib_progress *progress;
 } ib_build_opts;
 
@@ -39,6 +40,7 @@ typedef struct {
     uint64_t output_size;
     char revision[41];
     size_t nlayers;
+    unsigned cached, built;   /* layer steps served from the cache / built */
 } ib_build_result;
 
 int ib_build(ib_build_result *res, const ib_build_opts *o);

@@ -84,7 +84,7 @@ int ib_cmd_build(int argc, char **argv)
             }
             break;
         case O_CACHE_DIR: o.cache_dir = optarg; break;
-        case O_NO_CACHE: break; /* no step cache exists yet: every step is built */
+        case O_NO_CACHE: o.no_cache = 1; break;
         case O_CACHE_FROM:
         case O_CACHE_TO:
             rc = ib_cli_usage_error("--cache-from/--cache-to: a registry-shared cache is not available in this version");
@@ -167,8 +167,9 @@ int ib_cmd_build(int argc, char **argv)
     } else {
         char hs[32];
         ib_human_size(hs, res.output_size);
-        printf("Image   %s\nTag     %s\nDigest  %s\nOutput  %s (%s, %zu layer%s)\n", res.name, res.tag, res.digest,
-               res.output, hs, res.nlayers, res.nlayers == 1 ? "" : "s");
+        printf("Image   %s\nTag     %s\nDigest  %s\nOutput  %s (%s, %zu layer%s)\nSteps   %u built, %u cached\n",
+               res.name, res.tag, res.digest, res.output, hs, res.nlayers, res.nlayers == 1 ? "" : "s", res.built,
+               res.cached);
     }
     ib_progress_free(o.progress);
     ib_build_result_clear(&res);

@@ -13,6 +13,7 @@ typedef struct {
     unsigned mode, uid, gid;
     uint64_t size;
     char *link;
+    char *content_id;
     void *src;
     char *src_path;
     ib_layer_content_fn content;
@@ -25,6 +26,7 @@ struct ib_layer_builder {
     size_t seq;
     ib_layer_parent_fn parent_fn;
     void *parent_ctx;
+    int prepared;
 };
 
 void ib_layer_set_parent_meta(ib_layer_builder *b, ib_layer_parent_fn fn, void *ctx)
@@ -39,6 +41,7 @@ static void entry_clear(entry *e)
 {
     free(e->path);
     free(e->link);
+    free(e->content_id);
     free(e->src_path);
 }
 
@@ -104,6 +107,7 @@ int ib_layer_add(ib_layer_builder *b, const ib_layer_entry *in)
         free(p);
         p = wh;
     }
+    b->prepared = 0;
     entry e = {.path = p,
                .type = in->type,
                .mode = in->mode & 07777,
@@ -111,6 +115,7 @@ int ib_layer_add(ib_layer_builder *b, const ib_layer_entry *in)
                .gid = in->gid,
                .size = in->size,
                .link = in->link ? ib_xstrdup(in->link) : NULL,
+               .content_id = in->content_id ? ib_xstrdup(in->content_id) : NULL,
                .src = in->src,
                .src_path = in->src_path ? ib_xstrdup(in->src_path) : NULL,
                .content = in->content};
@@ -259,10 +264,10 @@ static void add_parents(ib_layer_builder *b)
     free(cand);
 }
 
-int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_comp_algo algo, int threads,
-                   int64_t epoch)
+static void prepare(ib_layer_builder *b)
 {
-    memset(res, 0, sizeof *res);
+    if (b->prepared) return;
+    b->prepared = 1;
     /* Sort first so the parent lookup below can be a binary search. */
     if (b->n) qsort(b->v, b->n, sizeof *b->v, cmp_entry);
     {
@@ -279,6 +284,37 @@ int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_co
     }
     add_parents(b);
     if (b->n) qsort(b->v, b->n, sizeof *b->v, cmp_entry);
+}
+
+void ib_layer_builder_digest(char *out, ib_layer_builder *b)
+{
+    prepare(b);
+    ib_digester *d = NULL;
+    if (ib_digest_new(&d) < 0) abort();
+    for (size_t i = 0; i < b->n; i++) {
+        const entry *e = &b->v[i];
+        char line[256];
+        int n = snprintf(line, sizeof line, "%d %o %u %u %llu ", (int)e->type, e->mode, e->uid, e->gid,
+                         (unsigned long long)e->size);
+        ib_digest_update(d, line, (size_t)n);
+        /* lengths first, so no two different entry lists hash the same text */
+        const char *parts[] = {e->path, e->link ? e->link : "", e->content_id ? e->content_id : ""};
+        for (int k = 0; k < 3; k++) {
+            n = snprintf(line, sizeof line, "%zu:", strlen(parts[k]));
+            ib_digest_update(d, line, (size_t)n);
+            ib_digest_update(d, parts[k], strlen(parts[k]));
+        }
+        ib_digest_update(d, "\n", 1);
+    }
+    ib_digest_final(out, d);
+    ib_digest_free(d);
+}
+
+int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_comp_algo algo, int threads,
+                   int64_t epoch)
+{
+    memset(res, 0, sizeof *res);
+    prepare(b);
 
     struct pipe p = {0};
     int r = ib_digest_new(&p.diff);

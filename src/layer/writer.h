@@ -25,6 +25,7 @@ typedef struct {
     unsigned uid, gid;
     uint64_t size;        /* files */
     const char *link;     /* symlink target */
+    const char *content_id; /* files: "git:<oid>" or "sha256:<hex>" of the bytes (cache keys) */
     void *src;            /* files: passed to the content fn */
     const char *src_path;
     ib_layer_content_fn content;
@@ -55,6 +56,12 @@ int ib_layer_has(const ib_layer_builder *b, const char *path);
  * fn returns 1 and fills mode/uid/gid for such a path. */
 typedef int (*ib_layer_parent_fn)(void *ctx, const char *path, unsigned *mode, unsigned *uid, unsigned *gid);
 void ib_layer_set_parent_meta(ib_layer_builder *b, ib_layer_parent_fn fn, void *ctx);
+
+/* Digest of everything that decides the layer's bytes (paths, types, modes,
+ * owners, sizes, link targets, content ids), after the same sorting,
+ * deduplication and parent synthesis as writing: the content part of a
+ * cache key. Reads no file content. */
+void ib_layer_builder_digest(char *out, ib_layer_builder *b);
 
 /* Writes the layer into the store. threads 0 = all cores. */
 int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_comp_algo algo, int threads,

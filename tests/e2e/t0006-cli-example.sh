@@ -20,7 +20,7 @@ test_expect_success '--version, --help and per-verb help' '
 test_expect_success 'plain progress: one line per step with duration and layer size' '
     cd "$R" && ib --tag "$SHA" -o "$TMP/m.tar" --progress plain >"$TMP/out" &&
     grep -cE "^#[0-9]+ \[" "$TMP/last.err" >"$TMP/n" && test "$(cat "$TMP/n")" = 21 &&
-    grep -qE "^#8 \[app 8/10\] COPY app/ ./app/ +DONE [0-9.]+s  [0-9.]+ (B|kB)$" "$TMP/last.err" &&
+    grep -qE "^#8 \[app 8/10\] COPY app/ ./app/ +BUILT [0-9.]+s  [0-9.]+ (B|kB)  rebuilt: first build of this step$" "$TMP/last.err" &&
     grep -qE "^#21 \[runtime 9/9\] CMD \[\"web\"\] +DONE [0-9.]+s$" "$TMP/last.err"
 '
 
@@ -55,7 +55,8 @@ steps = [e for e in events if e["event"] == "step"]
 done = [e for e in events if e["event"] == "step_done"]
 res = [e for e in events if e["event"] == "result"]
 assert len(steps) == len(done) == 21, (len(steps), len(done))
-assert all(d["status"] == "DONE" for d in done)
+assert all(d["status"] in ("DONE", "CACHED") for d in done), done
+assert sum(d["status"] == "CACHED" for d in done) == 6, done  # the 6 COPY layers, built by the previous test
 assert any("layer_digest" in d for d in done)
 assert len(res) == 1 and res[0]["result"]["digest"] == sys.argv[2], res
 PY

@@ -1,0 +1,68 @@
+/* The local layer cache, keyed by content (BuildKit semantics, stricter on
+ * one point: a key covers everything that decides the layer's bytes).
+ *   key = sha256("imgbuild-cache-v1", parent layer chain, compression,
+ *                digest of the layer's entries: paths, modes, owners, sizes,
+ *                link targets and content ids — git blob ids for commit builds)
+ * Entries live in <cache>/cache/entries/<key-hex> (JSON: the layer
+ * descriptor, diffID, the step that made it), written by temp file + rename
+ * after the blob itself, so a killed build never leaves an entry pointing at
+ * nothing; a hit is verified against its blob's digest before use.
+ * Per step, the inputs of the last build are kept (<cache>/cache/steps/) so
+ * a miss can say which input changed. */
+#ifndef IB_BUILD_CACHE_H
+#define IB_BUILD_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layer/writer.h"
+#include "oci/store.h"
+
+typedef struct ib_cache ib_cache;
+
+int ib_cache_open(ib_cache **out, ib_store *s);
+void ib_cache_free(ib_cache *c);
+
+/* key (out, IB_DIGEST_STRLEN+1) from the parent chain, compression name and entries digest. */
+void ib_cache_key(char *out, const char *parent_chain, const char *compression, const char *entries_digest);
+/* "sha256:" digest of a list of diffIDs: a stage's layer chain so far. */
+void ib_cache_chain(char *out, char *const *diff_ids, size_t n);
+
+/* 1 on a verified hit (res filled), 0 on a miss (a damaged entry or blob is
+ * removed and counts as a miss), <0 on error. Refreshes the entry's last use. */
+int ib_cache_get(ib_layer_result *res, ib_cache *c, const char *key);
+int ib_cache_put(ib_cache *c, const char *key, const ib_layer_result *res, const char *created_by);
+
+/* Explaining misses: inputs is a text of "name value" lines (the instruction,
+ * the parent chain, one line per source). record() stores it for locator;
+ * explain() compares with the stored one and returns a short reason (caller frees). */
+int ib_cache_record(ib_cache *c, const char *locator, const char *inputs);
+char *ib_cache_explain(ib_cache *c, const char *locator, const char *inputs);
+
+/* Listing and pruning (imgbuild cache ls|du|prune). */
+typedef struct {
+    char key[72];
+    char *created_by;
+    uint64_t size;
+    int64_t last_used;
+    char digest[72];
+} ib_cache_entry;
+int ib_cache_list(ib_cache_entry **out, size_t *n, ib_cache *c);
+void ib_cache_entries_free(ib_cache_entry *e, size_t n);
+typedef struct {
+    int all;
+    int64_t older_than_s;     /* 0 = no age limit */
+    uint64_t keep_bytes;      /* 0 = no size limit */
+} ib_prune_opts;
+typedef struct {
+    size_t entries_removed, blobs_removed;
+    uint64_t bytes_freed;
+} ib_prune_result;
+/* Removes entries (by age / least recently used beyond keep_bytes / all),
+ * then every blob no remaining entry and no named image references. Takes
+ * the store's exclusive lock, so it never races a build (builds hold it shared). */
+int ib_cache_prune(ib_prune_result *res, ib_cache *c, const ib_prune_opts *o);
+/* Shared lock for the duration of a build; released by ib_cache_free. */
+int ib_cache_lock_shared(ib_cache *c);
+
+#endif
