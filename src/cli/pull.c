@@ -2,6 +2,7 @@
 #include "common/error.h"
 #include "common/progress.h"
 #include "oci/archive.h"
+#include "oci/image.h"
 #include "oci/reference.h"
 #include "oci/store.h"
 #include "registry/transfer.h"
@@ -71,6 +72,20 @@ int ib_cmd_pull(int argc, char **argv)
     char digest[IB_DIGEST_STRLEN + 1];
     if (r == 0) r = ib_pull(digest, s, &ref, platform, &ro, p);
     char *name = ib_ref_string(&ref);
+    if (r == 0 && platform) {
+        /* A single-platform image is what it is: say so rather than store another platform silently. */
+        ib_image *img;
+        if ((r = ib_image_load(&img, s, digest)) == 0) {
+            const char *os = json_string_value(json_object_get(img->config, "os"));
+            const char *arch = json_string_value(json_object_get(img->config, "architecture"));
+            char want_os[32] = "", want_arch[32] = "";
+            sscanf(platform, "%31[^/]/%31[^/]", want_os, want_arch);
+            if (os && arch && (strcmp(os, want_os) || strcmp(arch, want_arch)))
+                r = ib_error_set(IB_EINVALID, "%s is %s/%s, not %s (no index to choose a platform from)", name, os,
+                                 arch, platform);
+            ib_image_free(img);
+        }
+    }
     if (r == 0 && out) r = ib_archive_write(out, s, digest, ref.tag, name, 0);
     int rc = 0;
     if (r < 0) rc = ib_cli_fail(r);

@@ -229,15 +229,16 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
                     added |= add_scope_locked(r, t);
                 free(dup);
             }
-            if (!fresh_elsewhere && kind == AUTH_BEARER && r->token && !added)
-                err = 2; /* the token we sent already covered what the registry asks for */
+            /* The token we sent already covered what the registry asks for:
+             * no permission, or no credentials at all. */
+            if (!fresh_elsewhere && kind == AUTH_BEARER && r->token && !added) err = r->cred_state == 1 ? 2 : 3;
             ib_challenge_clear(&r->chal);
             r->chal = c;
             r->kind = AUTH_BEARER;
         } else if (!strcmp(c.scheme, "basic")) {
             if (kind == AUTH_BEARER) {
                 /* Harbor answers a token without enough scope with a bare Basic challenge. */
-                err = 2;
+                err = r->cred_state == 1 ? 2 : 3;
             } else if (kind == AUTH_BASIC) {
                 err = 1;
             } else {
@@ -644,6 +645,22 @@ int ib_registry_manifest_get(char **body, size_t *len, char **media_type, char *
     resp.body = NULL;
     ib_http_resp_clear(&resp);
     return 0;
+}
+
+int ib_registry_manifest_head(char *digest_out, ib_registry *r, const char *repo, const char *reference)
+{
+    char *url = ib_xasprintf("%s/v2/%s/manifests/%s", r->base, repo, reference);
+    const char *hs[] = {ACCEPT_MANIFESTS, NULL};
+    ib_http_req req = {.method = "HEAD", .url = url, .headers = hs};
+    ib_http_resp resp;
+    int rc = do_req(&resp, r, &req);
+    free(url);
+    if (rc < 0) return rc;
+    const char *dcd = ib_http_resp_header(&resp, "docker-content-digest");
+    if (resp.status == 200 && dcd && ib_digest_valid(dcd)) memcpy(digest_out, dcd, IB_DIGEST_STRLEN + 1);
+    else rc = resp.status == 404 ? IB_ENOTFOUND : reg_fail(r, &resp, "HEAD manifest");
+    ib_http_resp_clear(&resp);
+    return rc;
 }
 
 int ib_registry_manifest_put(ib_registry *r, const char *repo, const char *reference, const char *body, size_t len,

@@ -49,6 +49,8 @@ int ib_registry_blob_fetch(ib_registry *r, const char *repo, const char *digest,
  * *digest_out gets sha256 of the body. Bodies over 4 MiB are refused. */
 int ib_registry_manifest_get(char **body, size_t *len, char **media_type, char *digest_out, ib_registry *r,
                              const char *repo, const char *reference);
+/* HEAD of a manifest: its digest (Docker-Content-Digest) if the tag exists. IB_ENOTFOUND otherwise. */
+int ib_registry_manifest_head(char *digest_out, ib_registry *r, const char *repo, const char *reference);
 /* PUT a manifest under a tag or digest; checks the registry's Docker-Content-Digest. */
 int ib_registry_manifest_put(ib_registry *r, const char *repo, const char *reference, const char *body, size_t len,
                              const char *media_type, const char *digest);

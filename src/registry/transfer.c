@@ -68,7 +68,8 @@ static void note(pool *pl, job *j, const char *what, double dt)
     char hs[32];
     ib_human_size(hs, j->size);
     pthread_mutex_lock(&pl->mu);
-    ib_progress_msg(pl->p, "info", "%.19s  %9s  %s%s%.2fs", j->digest, hs, what, dt >= 0 ? "  " : "", dt >= 0 ? dt : 0);
+    if (dt >= 0) ib_progress_msg(pl->p, "info", "%.19s  %9s  %s  %.2fs", j->digest, hs, what, dt);
+    else ib_progress_msg(pl->p, "info", "%.19s  %9s  %s", j->digest, hs, what);
     pthread_mutex_unlock(&pl->mu);
 }
 
@@ -202,6 +203,13 @@ int ib_push(ib_push_result *res, ib_store *s, const char *manifest_digest, const
     pool pl = {.jobs = jobs, .n = m, .reg = reg, .s = s, .repo = dest->repo, .p = p, .push = 1};
     rc = run_pool(&pl, o && o->jobs > 0 ? o->jobs : 4);
     for (size_t i = 0; rc == 0 && i < ntags; i++) {
+        /* A tag that already names this exact manifest is left alone: re-running
+         * a CI job must not trip Harbor's immutable-tag rule (412). */
+        char have[IB_DIGEST_STRLEN + 1] = "";
+        if (ib_registry_manifest_head(have, reg, dest->repo, tags[i]) == 0 && !strcmp(have, manifest_digest)) {
+            ib_progress_msg(p, "info", "%s:%s already points at %.19s", dest->repo, tags[i], manifest_digest);
+            continue;
+        }
         rc = ib_registry_manifest_put(reg, dest->repo, tags[i], mbody, mlen, mt ? mt : IB_MT_OCI_MANIFEST,
                                       manifest_digest);
     }

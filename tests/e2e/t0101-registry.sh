@@ -33,10 +33,12 @@ test_expect_success 'push to a plain registry: tag sha-<commit>, skopeo sees the
     unpack_image "$TMP/back.tar" "$TMP/bb" && cmp "$TMP/bb/rootfs/data/blob.bin" "$R/data/blob.bin"
 '
 
-test_expect_success 'a no-op re-push uploads no blob' '
+test_expect_success 'a no-op re-push uploads no blob and leaves an identical tag alone (Harbor immutable tags)' '
     before=$(registry_count P "^POST /v2/wepp/app/blobs/uploads/ ") &&
+    puts=$(registry_count P "^PUT /v2/wepp/app/manifests/sha-") &&
     ib push --plain-http "$TMP/app.tar" "$P_HOST/wepp/app" --also-tag latest >"$TMP/push2.out" &&
     test "$(registry_count P "^POST /v2/wepp/app/blobs/uploads/ ")" = "$before" &&
+    test "$(registry_count P "^PUT /v2/wepp/app/manifests/sha-")" = "$puts" &&
     grep -q "0 uploaded" "$TMP/push2.out" &&
     test "$(skopeo_digest --tls-verify=false docker://$P_HOST/wepp/app:latest)" = "$D"
 '
@@ -101,6 +103,9 @@ test_expect_success 'token auth (Harbor-style): one token for all scopes even wi
     ib logout "$K_HOST" | grep -q "Removed login credentials for $K_HOST" &&
     printf "%s" "$K_READER_PASS" | ib login "$K_HOST" -u "$K_READER_USER" --password-stdin --ca-file "$K_CA" >/dev/null &&
     expect_error "denied|permission|insufficient" push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/wepp/app:reader" &&
+    ib logout "$K_HOST" >/dev/null &&
+    expect_error "no credentials found.*imgbuild login" push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/wepp/app:anon" &&
+    printf "%s" "$K_READER_PASS" | ib login "$K_HOST" -u "$K_READER_USER" --password-stdin --ca-file "$K_CA" >/dev/null &&
     export IMGBUILD_CACHE="$TMP/cache-reader" &&
     ib pull --ca-file "$K_CA" "$K_HOST/wepp/app:sha-$SHA" -q >"$TMP/d2" && test "$(cat "$TMP/d2")" = "$D"
 '
