@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The layer cache: keyed by content (git blob ids), so a code-only commit
+# reuses the dependency layer; misses say which input changed; ARG changes
+# invalidate from their first use; safe under concurrent builds and SIGKILL;
+# damaged entries are detected; prune keeps what it should.
+. "$(dirname "$0")/lib.sh"
+
+R=$TMP/repo
+new_repo "$R"
+mkdir -p "$R/app" "$R/config" "$R/big"
+printf 'flask==3.0.3\nrq==1.16.2\n' >"$R/requirements.txt"
+echo 'version = 1' >"$R/uv.lock"
+echo '[project]' >"$R/pyproject.toml"
+for i in 1 2 3; do echo "def f$i(): return $i" >"$R/app/m$i.py"; done
+echo 'debug = false' >"$R/config/settings-3.12.toml"
+echo 'debug = true' >"$R/config/settings-3.13.toml"
+head -c 20000000 /dev/urandom >"$R/big/data.bin"
+cat >"$R/Dockerfile" <<'DF'
+FROM scratch
+ARG PYVER=3.12
+COPY requirements.txt uv.lock pyproject.toml /app/
+COPY big/ /opt/big/
+COPY app/ /app/app/
+COPY config/settings-${PYVER}.toml /app/config/settings.toml
+CMD ["python", "-m", "app"]
+DF
+commit_all "$R" init
+
+layer() { skopeo inspect --raw oci-archive:"$1" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][$2][\"digest\"])"; }
+build() { (cd "$R" && ib -o "$1" --progress plain "${@:2}" >/dev/null); }
+
+test_expect_success 'first build: every layer built; second: every layer cached, same digest' '
+    build "$TMP/a1.tar" && grep -c " BUILT " "$TMP/last.err" | grep -qx 4 &&
+    build "$TMP/a2.tar" && grep -c " CACHED " "$TMP/last.err" | grep -qx 4 &&
+    test "$(digest_of "$TMP/a1.tar")" = "$(digest_of "$TMP/a2.tar")"
+'
+
+test_expect_success 'code-only commit: the deps layer is CACHED and its digest unchanged' '
+    echo "def f4(): return 4" >"$R/app/m4.py" && commit_all "$R" code &&
+    build "$TMP/b.tar" &&
+    grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +CACHED" "$TMP/last.err" &&
+    grep -qE "COPY big/ /opt/big/ +CACHED" "$TMP/last.err" &&
+    grep -qE "COPY app/ /app/app/ +BUILT .*rebuilt: app/m4.py added" "$TMP/last.err" &&
+    test "$(layer "$TMP/b.tar" 0)" = "$(layer "$TMP/a1.tar" 0)" &&
+    test "$(layer "$TMP/b.tar" 1)" = "$(layer "$TMP/a1.tar" 1)" &&
+    test "$(layer "$TMP/b.tar" 2)" != "$(layer "$TMP/a1.tar" 2)"
+'
+
+test_expect_success 'a changed dependency manifest rebuilds the deps layer and says why' '
+    echo "redis==5.0.4" >>"$R/requirements.txt" && commit_all "$R" deps &&
+    build "$TMP/c.tar" &&
+    grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +BUILT .*rebuilt: requirements.txt changed \(git:[0-9a-f]{12} -> git:[0-9a-f]{12}\)" "$TMP/last.err" &&
+    grep -qE "COPY app/ /app/app/ +BUILT .*rebuilt: an earlier step changed" "$TMP/last.err" &&
+    test "$(layer "$TMP/c.tar" 0)" != "$(layer "$TMP/b.tar" 0)"
+'
+
+test_expect_success 'an ARG change invalidates from its first use, not before' '
+    build "$TMP/d.tar" --build-arg PYVER=3.13 &&
+    grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +CACHED" "$TMP/last.err" &&
+    grep -qE "COPY app/ /app/app/ +CACHED" "$TMP/last.err" &&
+    grep -qE "COPY config/settings-\\\$\{PYVER\}.toml /app/config/settings.toml +BUILT .*rebuilt: .*settings-3.13.toml" "$TMP/last.err"
+'
+
+test_expect_success 'a warm cache gives the digest a cold cache gives (cache and reproducibility agree)' '
+    d_warm=$(digest_of "$TMP/c.tar") &&
+    d_cold=$(cd "$R" && IMGBUILD_CACHE="$TMP/cold" "$IMGBUILD" -q -o "$TMP/cold.tar") &&
+    test "$d_warm" = "$d_cold"
+'
+
+test_expect_success 'a damaged cached layer is detected and rebuilt, never used' '
+    L=$(layer "$TMP/c.tar" 1) &&
+    truncate -s 1000 "$IMGBUILD_CACHE/blobs/sha256/${L#sha256:}" &&
+    build "$TMP/e.tar" &&
+    grep -qE "COPY big/ /opt/big/ +BUILT" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/e.tar")" = "$(digest_of "$TMP/c.tar")"
+'
+
+test_expect_success 'concurrent builds of two commits into one cache dir' '
+    export IMGBUILD_CACHE="$TMP/shared" &&
+    old=$(git -C "$R" rev-parse HEAD~1) &&
+    pids="" &&
+    for i in 1 2 3 4; do
+        if [ $((i % 2)) = 0 ]; then rev=HEAD; else rev=$old; fi
+        (cd "$R" && exec "$IMGBUILD" --tag $rev -q -o "$TMP/par$i.tar" >"$TMP/par$i.out" 2>"$TMP/par$i.err") & pids="$pids $!"
+    done &&
+    for p in $pids; do wait $p; done &&
+    test "$(cat "$TMP/par2.out")" = "$(digest_of "$TMP/c.tar")" &&
+    test "$(cat "$TMP/par4.out")" = "$(digest_of "$TMP/c.tar")" &&
+    test "$(cat "$TMP/par1.out")" = "$(digest_of "$TMP/b.tar")" &&
+    test "$(cat "$TMP/par3.out")" = "$(digest_of "$TMP/b.tar")" &&
+    ! grep -l Sanitizer "$TMP"/par*.err
+'
+
+test_expect_success 'SIGKILL at random points (x20), then a normal build gives the right digest' '
+    export IMGBUILD_CACHE="$TMP/killed" &&
+    for i in $(seq 1 20); do
+        (cd "$R" && exec "$IMGBUILD" --no-cache -q -o "$TMP/k.tar" >/dev/null 2>&1) & pid=$!
+        sleep "0.$(( (RANDOM % 40) + 1 ))"
+        kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null || true
+    done &&
+    test ! -e "$TMP/k.tar" || skopeo inspect --raw oci-archive:"$TMP/k.tar" >/dev/null &&
+    d=$(cd "$R" && ib -q -o "$TMP/k2.tar") && test "$d" = "$(digest_of "$TMP/c.tar")" &&
+    ib cache ls >/dev/null
+'
+
+test_expect_success 'cache ls / du / prune keep what they should' '
+    export IMGBUILD_CACHE="$TMP/cache" &&
+    ib cache ls >"$TMP/ls" && test "$(grep -c "^sha256:" "$TMP/ls")" -ge 6 &&
+    ib cache du | grep -q "^Cache   [0-9]* entries" &&
+    n0=$(grep -c "^sha256:" "$TMP/ls") &&
+    ib cache prune --keep-storage 25MB >"$TMP/p1" &&
+    ib cache ls >"$TMP/ls2" && n1=$(grep -c "^sha256:" "$TMP/ls2") && test "$n1" -lt "$n0" && test "$n1" -ge 1 &&
+    name="docker.io/library/repo:sha-$(git -C "$R" rev-parse HEAD)" &&
+    ib cache prune --all >"$TMP/p2" && grep -q "^Removed" "$TMP/p2" &&
+    test "$(ib cache ls | grep -c "^sha256:")" = 0 &&
+    ib inspect "$name" >/dev/null &&
+    (cd "$R" && ib -q -o "$TMP/after.tar" >/dev/null) && test "$(digest_of "$TMP/after.tar")" = "$(digest_of "$TMP/c.tar")" &&
+    rc=0; ib cache prune --older-than soon || rc=$?; test $rc = 2
+'
+
+test_done
