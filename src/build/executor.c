@@ -2,6 +2,7 @@
 #include "build/context.h"
 #include "build/cache.h"
 #include "build/copy.h"
+#include "build/remote_cache.h"
 #include "build/dockerfile.h"
 #include "build/ignore.h"
 #include "common/error.h"
@@ -126,6 +127,15 @@ typedef struct {
     ib_cache *cache;
     int64_t layer_mtime;
     unsigned cached, built;
+    ib_remote_cache **rfrom;
+    size_t nrfrom;
+    ib_remote_cache *rto;
+    struct exported {
+        char key[IB_DIGEST_STRLEN + 1];
+        ib_layer_result res;
+        char *created_by;
+    } *exports;
+    size_t nexports;
 } build;
 
 static void mark_arg_used(build *b, const char *k)
@@ -560,6 +570,20 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
                                  st->name ? st->name : "-", (size_t)(sr->in - b->df->instrs));
     int r = 0;
     if (!b->o->no_cache) r = ib_cache_get(res, b->cache, key);
+    for (size_t i = 0; r == 0 && !b->o->no_cache && i < b->nrfrom; i++) {
+        if (!b->rfrom[i]) continue;
+        r = ib_remote_cache_get(res, b->rfrom[i], b->store, b->cache, key);
+        if (r == 1) {
+            sr->why = ib_xasprintf("from %s", ib_remote_cache_name(b->rfrom[i]));
+        } else if (r < 0) {
+            /* A shared cache that cannot be read must not fail the build. */
+            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
+                            ib_remote_cache_name(b->rfrom[i]), ib_error_last());
+            ib_remote_cache_free(b->rfrom[i]);
+            b->rfrom[i] = NULL;
+            r = 0;
+        }
+    }
     if (r == 1) {
         sr->hit = 1;
         r = 0;
@@ -569,6 +593,13 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
         if (r == 0) r = ib_cache_put(b->cache, key, res, sr->in->original);
     }
     if (r == 0) ib_cache_record(b->cache, locator, all);
+    if (r == 0 && b->rto) {
+        b->exports = ib_xrealloc(b->exports, (b->nexports + 1) * sizeof *b->exports);
+        struct exported *x = &b->exports[b->nexports++];
+        memcpy(x->key, key, sizeof x->key);
+        x->res = *res;
+        x->created_by = ib_xstrdup(sr->in->original);
+    }
     free(all);
     free(locator);
     return r;
@@ -761,9 +792,7 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         }
         r = ib_copy_run(&lr, &env, in, in->kind == IB_DF_ADD);
         if (r == 0) made_layer = sref.hit ? 2 : 1;
-        if (r == 0 && !sref.hit && sref.why) {
-            snprintf(why, sizeof why, "rebuilt: %s", sref.why);
-        }
+        if (r == 0 && sref.why) snprintf(why, sizeof why, sref.hit ? "%s" : "rebuilt: %s", sref.why);
         free(sref.why);
     copy_out:
         free(from_x);
@@ -1187,6 +1216,14 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     b->layer_mtime = b->epoch < 315532800 ? b->epoch : 315532800;
     if ((r = ib_cache_open(&b->cache, b->store)) < 0) goto out;
     if ((r = ib_cache_lock_shared(b->cache)) < 0) goto out;
+    {
+        ib_reg_opts ro = {0};
+        if (o->reg) ro = *o->reg;
+        b->rfrom = ib_xcalloc(o->ncache_from ? o->ncache_from : 1, sizeof *b->rfrom);
+        for (size_t i = 0; i < o->ncache_from; i++, b->nrfrom++)
+            if ((r = ib_remote_cache_open(&b->rfrom[i], o->cache_from[i], &ro, 0)) < 0) goto out;
+        if (o->cache_to && (r = ib_remote_cache_open(&b->rto, o->cache_to, &ro, 1)) < 0) goto out;
+    }
     ib_rfc3339(b->created, b->epoch);
 
     if ((r = load_dockerfile(b)) < 0) goto out;
@@ -1230,6 +1267,18 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
 
     stage *fin = &b->stages[target];
     if ((r = write_image(b, fin, res->digest)) < 0) goto out;
+    if (b->rto) {
+        double t0 = ib_now();
+        for (size_t i = 0; i < b->nexports; i++) {
+            struct exported *x = &b->exports[i];
+            if ((r = ib_remote_cache_put(b->rto, b->store, x->key, &x->res, x->created_by)) < 0) {
+                ib_error_wrap(r, "--cache-to %s", ib_remote_cache_name(b->rto));
+                goto out;
+            }
+        }
+        ib_progress_msg(b->prog, "info", "exported %zu cache entr%s to %s (%.2fs)", b->nexports,
+                        b->nexports == 1 ? "y" : "ies", ib_remote_cache_name(b->rto), ib_now() - t0);
+    }
 
     /* Names: tag sha-<commit>, repository from --name or the context dir. */
     if (o->name) {
@@ -1295,6 +1344,11 @@ out:
     ib_git_info_clear(&b->git);
     res->cached = b->cached;
     res->built = b->built;
+    for (size_t i = 0; i < b->nrfrom; i++) ib_remote_cache_free(b->rfrom[i]);
+    free(b->rfrom);
+    ib_remote_cache_free(b->rto);
+    for (size_t i = 0; i < b->nexports; i++) free(b->exports[i].created_by);
+    free(b->exports);
     ib_cache_free(b->cache);
     ib_store_free(b->store);
     free(cache);

@@ -26,6 +26,8 @@ static const char help[] =
     "      --platform OS/ARCH   target platform (default linux/amd64)\n"
     "      --cache-dir DIR      store and cache (env IMGBUILD_CACHE; default $XDG_CACHE_HOME/imgbuild)\n"
     "      --no-cache           build every step\n"
+    "      --cache-from REPO    also look layers up in this registry repository (repeatable)\n"
+    "      --cache-to REPO      share this build's layers there (plain OCI images tagged cache-<key>)\n"
     "      --progress MODE      auto, plain, tty, json or quiet (default auto)\n"
     "  -j, --jobs N             compression threads (default: all cores)\n"
     "  -q, --quiet              print only the image digest\n"
@@ -56,8 +58,8 @@ int ib_cmd_build(int argc, char **argv)
     ib_reg_opts ro = {0};
     o.reg = &ro;
     o.compression = IB_COMP_GZIP;
-    const char **bargs = NULL;
-    size_t nb = 0;
+    const char **bargs = NULL, **cfrom = NULL;
+    size_t nb = 0, ncfrom = 0;
     int quiet = 0, c, rc = IB_EXIT_USAGE;
     ib_prog_mode pm = IB_PROG_AUTO;
     int pm_set = 0;
@@ -86,9 +88,11 @@ int ib_cmd_build(int argc, char **argv)
         case O_CACHE_DIR: o.cache_dir = optarg; break;
         case O_NO_CACHE: o.no_cache = 1; break;
         case O_CACHE_FROM:
-        case O_CACHE_TO:
-            rc = ib_cli_usage_error("--cache-from/--cache-to: a registry-shared cache is not available in this version");
-            goto out;
+            cfrom = realloc(cfrom, (ncfrom + 1) * sizeof *cfrom);
+            if (!cfrom) abort();
+            cfrom[ncfrom++] = optarg;
+            break;
+        case O_CACHE_TO: o.cache_to = optarg; break;
         case O_SECRET:
             rc = ib_cli_usage_error("--secret: secrets are only used by RUN, which this version cannot execute");
             goto out;
@@ -145,6 +149,8 @@ int ib_cmd_build(int argc, char **argv)
     if (quiet && !pm_set) pm = IB_PROG_QUIET;
     o.build_args = bargs;
     o.nbuild_args = nb;
+    o.cache_from = cfrom;
+    o.ncache_from = ncfrom;
     o.progress = ib_progress_new(pm, stderr);
     ib_build_result res;
     int r = ib_build(&res, &o);
@@ -176,5 +182,6 @@ int ib_cmd_build(int argc, char **argv)
     rc = 0;
 out:
     free(bargs);
+    free(cfrom);
     return rc;
 }

@@ -1,0 +1,152 @@
+#include "build/remote_cache.h"
+#include "common/error.h"
+#include "oci/image.h"
+#include "oci/reference.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ib_remote_cache {
+    ib_registry *reg;
+    char *repo;
+    char *name;
+};
+
+int ib_remote_cache_open(ib_remote_cache **out, const char *ref, const ib_reg_opts *o, int push)
+{
+    ib_ref r;
+    int rc = ib_ref_parse(&r, ref, NULL);
+    if (rc < 0) return ib_error_wrap(IB_EUSAGE, "%s", push ? "--cache-to" : "--cache-from");
+    if (r.tag || r.digest) {
+        ib_ref_clear(&r);
+        return ib_error_set(IB_EUSAGE, "%s %s: give a repository (host/repo), the tags are the cache keys",
+                            push ? "--cache-to" : "--cache-from", ref);
+    }
+    ib_remote_cache *c = ib_xcalloc(1, sizeof *c);
+    c->repo = ib_xstrdup(r.repo);
+    c->name = ib_ref_name(&r);
+    rc = ib_registry_open(&c->reg, r.registry, o);
+    ib_ref_clear(&r);
+    if (rc < 0) {
+        ib_remote_cache_free(c);
+        return rc;
+    }
+    ib_registry_want(c->reg, c->repo, push ? "pull,push" : "pull");
+    *out = c;
+    return 0;
+}
+
+void ib_remote_cache_free(ib_remote_cache *c)
+{
+    if (!c) return;
+    ib_registry_free(c->reg);
+    free(c->repo);
+    free(c->name);
+    free(c);
+}
+
+const char *ib_remote_cache_name(const ib_remote_cache *c) { return c->name; }
+
+static char *tag_for(const char *key) { return ib_xasprintf("cache-%s", ib_digest_hex(key)); }
+
+int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, ib_cache *local, const char *key)
+{
+    char *tag = tag_for(key), *body = NULL, *mt = NULL;
+    size_t len = 0;
+    char mdg[IB_DIGEST_STRLEN + 1];
+    int rc = ib_registry_manifest_get(&body, &len, &mt, mdg, c->reg, c->repo, tag);
+    free(tag);
+    free(mt);
+    if (rc == IB_ENOTFOUND) return 0;
+    if (rc < 0) return rc;
+    json_t *man = json_loadb(body, len, 0, NULL);
+    free(body);
+    ib_desc cfg = {0}, lay = {0};
+    const char *ann = json_string_value(json_object_get(json_object_get(man, "annotations"), "org.imgbuild.cache.key"));
+    rc = ib_desc_from_json(&cfg, json_object_get(man, "config"));
+    if (rc == 0) rc = ib_desc_from_json(&lay, json_array_get(json_object_get(man, "layers"), 0));
+    if (rc == 0 && (!ann || strcmp(ann, key) || json_array_size(json_object_get(man, "layers")) != 1 ||
+                    !ib_image_layer_mt_to_oci(lay.media_type)))
+        rc = ib_error_set(IB_EINVALID, "%s: cache entry for %.19s is not one of ours", c->name, key);
+    json_decref(man);
+    char *ctext = NULL;
+    if (rc == 0) rc = ib_registry_blob_fetch(c->reg, c->repo, cfg.digest, cfg.size, s);
+    if (rc == 0) rc = ib_store_read_blob(&ctext, NULL, s, cfg.digest, 1 << 20);
+    const char *diff_id = NULL;
+    json_t *cj = NULL;
+    if (rc == 0) {
+        cj = json_loads(ctext, 0, NULL);
+        diff_id = json_string_value(json_array_get(json_object_get(json_object_get(cj, "rootfs"), "diff_ids"), 0));
+        if (!diff_id || !ib_digest_valid(diff_id))
+            rc = ib_error_set(IB_EINVALID, "%s: cache entry for %.19s has no diffID", c->name, key);
+    }
+    /* The layer is verified against its digest on the way in, like any pull. */
+    if (rc == 0 && !ib_store_has_blob(s, lay.digest, NULL))
+        rc = ib_registry_blob_fetch(c->reg, c->repo, lay.digest, lay.size, s);
+    if (rc == 0) {
+        memset(res, 0, sizeof *res);
+        memcpy(res->digest, lay.digest, sizeof res->digest);
+        memcpy(res->diff_id, diff_id, IB_DIGEST_STRLEN + 1);
+        res->size = lay.size;
+        res->media_type = ib_image_layer_mt_to_oci(lay.media_type);
+        const char *by = json_string_value(json_object_get(json_array_get(json_object_get(cj, "history"), 0), "created_by"));
+        rc = ib_cache_put(local, key, res, by ? by : "");
+        if (rc == 0) rc = 1;
+    }
+    json_decref(cj);
+    free(ctext);
+    ib_desc_clear(&cfg);
+    ib_desc_clear(&lay);
+    return rc;
+}
+
+int ib_remote_cache_put(ib_remote_cache *c, ib_store *s, const char *key, const ib_layer_result *res,
+                        const char *created_by)
+{
+    char *tag = tag_for(key);
+    char have[IB_DIGEST_STRLEN + 1];
+    int rc = ib_registry_manifest_head(have, c->reg, c->repo, tag);
+    if (rc == 0) { /* already shared */
+        free(tag);
+        return 0;
+    }
+    if (rc != IB_ENOTFOUND) {
+        free(tag);
+        return rc;
+    }
+    /* A valid (if empty-looking) image config, so registries that check treat it as an image. */
+    json_t *cfg = json_pack("{s:s,s:s,s:{},s:{s:s,s:[s]},s:[{s:s,s:s}]}", "architecture", "amd64", "os", "linux",
+                            "config", "rootfs", "type", "layers", "diff_ids", res->diff_id, "history", "created_by",
+                            created_by ? created_by : "", "comment", "imgbuild cache");
+    char *ctext = ib_json_dump(cfg);
+    json_decref(cfg);
+    ib_desc cd = {IB_MT_OCI_CONFIG, {0}, strlen(ctext)};
+    rc = ib_store_put_blob(cd.digest, s, ctext, strlen(ctext));
+    free(ctext);
+    int exists = 0;
+    if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, cd.digest);
+    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, cd.digest, s);
+    if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, res->digest);
+    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, res->digest, s);
+    if (rc == 0) {
+        ib_desc ld = {(char *)res->media_type, {0}, res->size};
+        memcpy(ld.digest, res->digest, sizeof ld.digest);
+        json_t *man = json_object();
+        json_object_set_new(man, "schemaVersion", json_integer(2));
+        json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
+        json_object_set_new(man, "config", ib_desc_to_json(&cd));
+        json_t *ls = json_array();
+        json_array_append_new(ls, ib_desc_to_json(&ld));
+        json_object_set_new(man, "layers", ls);
+        json_object_set_new(man, "annotations", json_pack("{s:s}", "org.imgbuild.cache.key", key));
+        char *mtext = ib_json_dump(man);
+        json_decref(man);
+        char mdg[IB_DIGEST_STRLEN + 1];
+        ib_digest_buf(mdg, mtext, strlen(mtext));
+        rc = ib_registry_manifest_put(c->reg, c->repo, tag, mtext, strlen(mtext), IB_MT_OCI_MANIFEST, mdg);
+        free(mtext);
+    }
+    free(tag);
+    return rc;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The cache shared through a registry: a CI runner exports its layers with
+# --cache-to; a fresh runner (empty cache dir) imports them with --cache-from
+# and compresses nothing, producing the same digest. Entries are plain OCI
+# images (Harbor accepts them), verified on import.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/registry.sh"
+
+registry_start P plain || exit 1
+
+R=$TMP/repo
+new_repo "$R"
+mkdir -p "$R/app"
+printf 'flask==3.0.3\n' >"$R/requirements.txt"
+head -c 3000000 /dev/urandom >"$R/app/model.bin"
+echo 'print(1)' >"$R/app/main.py"
+printf 'FROM scratch\nCOPY requirements.txt /app/\nCOPY app/ /app/app/\n' >"$R/Dockerfile"
+commit_all "$R" init
+
+test_expect_success 'runner A builds and exports its layers as plain OCI images' '
+    export IMGBUILD_CACHE="$TMP/runner-a" &&
+    (cd "$R" && ib --plain-http --cache-to "$P_HOST/wepp/buildcache" -o "$TMP/a.tar" --progress plain >/dev/null) &&
+    grep -q "exported 2 cache entries to $P_HOST/wepp/buildcache" "$TMP/last.err" &&
+    test "$(registry_count P "^PUT /v2/wepp/buildcache/manifests/cache-[0-9a-f]{64} 201$")" = 2 &&
+    tag=$(registry_curl P -s "$P_URL/v2/wepp/buildcache/tags/list" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"tags\"][0])") &&
+    skopeo inspect --tls-verify=false "docker://$P_HOST/wepp/buildcache:$tag" >/dev/null
+'
+
+test_expect_success 'runner B (empty cache) imports every layer, same digest, nothing rebuilt' '
+    export IMGBUILD_CACHE="$TMP/runner-b" &&
+    (cd "$R" && ib --plain-http --cache-from "$P_HOST/wepp/buildcache" -o "$TMP/b.tar" --progress plain >/dev/null) &&
+    test "$(grep -c " CACHED .*from $P_HOST/wepp/buildcache" "$TMP/last.err")" = 2 &&
+    ! grep -q " BUILT " "$TMP/last.err" &&
+    test "$(digest_of "$TMP/b.tar")" = "$(digest_of "$TMP/a.tar")" &&
+    (cd "$R" && ib -o "$TMP/b2.tar" --progress plain >/dev/null) && test "$(grep -c " CACHED " "$TMP/last.err")" = 2
+'
+
+test_expect_success 'a code-only commit on runner C: deps layer imported, app layer built' '
+    echo "print(2)" >"$R/app/main.py" && commit_all "$R" code &&
+    export IMGBUILD_CACHE="$TMP/runner-c" &&
+    (cd "$R" && ib --plain-http --cache-from "$P_HOST/wepp/buildcache" -o "$TMP/c.tar" --progress plain >/dev/null) &&
+    grep -qE "COPY requirements.txt /app/ +CACHED .*from $P_HOST/wepp/buildcache" "$TMP/last.err" &&
+    grep -qE "COPY app/ /app/app/ +BUILT" "$TMP/last.err"
+'
+
+test_expect_success 'an unreachable cache source is a warning, not a failure' '
+    export IMGBUILD_CACHE="$TMP/runner-d" &&
+    (cd "$R" && ib --plain-http --cache-from 127.0.0.1:1/wepp/buildcache -o "$TMP/d.tar" --progress plain >/dev/null) &&
+    grep -q "warning: --cache-from 127.0.0.1:1/wepp/buildcache" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/d.tar")" = "$(digest_of "$TMP/c.tar")" &&
+    test "$(grep -c "warning: --cache-from" "$TMP/last.err")" = 1 &&
+    rc=0; (cd "$R" && ib --cache-to "$P_HOST/wepp/buildcache:v1" -o "$TMP/e.tar") || rc=$?; test $rc = 2 &&
+    grep -q "^imgbuild: error: --cache-to .*the tags are the cache keys" "$TMP/last.err" && test ! -e "$TMP/e.tar"
+'
+
+test_done
