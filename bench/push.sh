@@ -206,14 +206,18 @@ EOF
             sleep 0.05
         done
         stop_pid "$pid"
+        unset 'regpids[-1]'
         grep -q 'address already in use' "$dir/registry.log" || break
     done
     tail -n 20 "$dir/registry.log" >&2
     echo "push.sh: registry $n did not start" >&2
     exit 1
 }
-reg_stop() { # reg_stop NAME PID: stop it and free its storage
+reg_stop() { # reg_stop NAME PID: stop it, forget its pid (never signal a reused pid) and free its storage
+    local p keep=()
     stop_pid "$2"
+    for p in "${regpids[@]}"; do [[ $p == "$2" ]] || keep+=("$p"); done
+    regpids=("${keep[@]}")
     rm -rf "$work/reg-$1"
 }
 reqs() { wc -l <"$work/reg-$1/access.log"; } # requests the registry served so far

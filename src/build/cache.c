@@ -155,7 +155,7 @@ static char *step_path(ib_cache *c, const char *locator)
 int ib_cache_record(ib_cache *c, const char *locator, const char *inputs)
 {
     char *p = step_path(c, locator);
-    int r = ib_fs_write_atomic(p, inputs, strlen(inputs), 0644);
+    int r = ib_fs_write_atomic_if_changed(p, inputs, strlen(inputs), 0644);
     free(p);
     return r;
 }
@@ -342,6 +342,10 @@ int ib_cache_prune(ib_prune_result *res, ib_cache *c, const ib_prune_opts *o)
         }
     }
     ib_cache_entries_free(e, n);
+    if (o->all) { /* the miss explanations go with the entries */
+        ib_fs_rm_rf(c->steps);
+        ib_fs_mkdir_p(c->steps, 0755);
+    }
     /* Named images keep their manifest, config and layers. */
     char *refs = ib_xasprintf("%s/refs", ib_store_dir(c->s));
     DIR *d = opendir(refs);

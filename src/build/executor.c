@@ -563,7 +563,9 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
     char chain[IB_DIGEST_STRLEN + 1], entries[IB_DIGEST_STRLEN + 1], key[IB_DIGEST_STRLEN + 1];
     ib_cache_chain(chain, st->diff_ids, st->nlayers);
     ib_layer_builder_digest(entries, lb);
-    const char *comp = ib_compress_name(b->o->compression);
+    /* Everything else that decides the layer's bytes: compression and file times. */
+    char comp[64];
+    snprintf(comp, sizeof comp, "%s mtime=%lld", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_cache_key(key, chain, comp, entries);
     char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%s", sr->in->original, chain, comp, inputs);
     char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,

@@ -1,5 +1,6 @@
 #include "build/remote_cache.h"
 #include "common/error.h"
+#include "layer/index.h"
 #include "oci/image.h"
 #include "oci/reference.h"
 
@@ -84,6 +85,16 @@ int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, i
     /* The layer is verified against its digest on the way in, like any pull. */
     if (rc == 0 && !ib_store_has_blob(s, lay.digest, NULL))
         rc = ib_registry_blob_fetch(c->reg, c->repo, lay.digest, lay.size, s);
+    if (rc == 0) {
+        /* The diffID goes into our image config: recompute it, never trust it. */
+        char *bp = ib_store_blob_path(s, lay.digest);
+        char real[IB_DIGEST_STRLEN + 1];
+        rc = ib_layer_diff_id(real, bp);
+        free(bp);
+        if (rc == 0 && strcmp(real, diff_id))
+            rc = ib_error_set(IB_ECORRUPT, "%s: cache entry for %.19s claims diffID %.19s, the layer has %.19s",
+                              c->name, key, diff_id, real);
+    }
     if (rc == 0) {
         memset(res, 0, sizeof *res);
         memcpy(res->digest, lay.digest, sizeof res->digest);

@@ -1,4 +1,5 @@
 #include "cli/cli.h"
+#include "build/cache.h"
 #include "common/error.h"
 #include "oci/archive.h"
 #include "oci/store.h"
@@ -37,9 +38,13 @@ int ib_cmd_load(int argc, char **argv)
     int r = ib_store_open(&s, dir);
     free(dir);
     if (r < 0) return ib_cli_fail(r);
+    /* Held shared while blobs land, so a concurrent `cache prune` cannot remove them before they are named. */
+    ib_cache *lk = NULL;
+    if (ib_cache_open(&lk, s) == 0) ib_cache_lock_shared(lk);
     ib_loaded *l;
     size_t n;
     r = ib_archive_load(&l, &n, s, input);
+    ib_cache_free(lk);
     ib_store_free(s);
     if (r < 0) return ib_cli_fail(r);
     for (size_t i = 0; i < n; i++) {

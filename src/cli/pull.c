@@ -1,4 +1,5 @@
 #include "cli/cli.h"
+#include "build/cache.h"
 #include "common/error.h"
 #include "common/progress.h"
 #include "oci/archive.h"
@@ -70,6 +71,8 @@ int ib_cmd_pull(int argc, char **argv)
     if (quiet && pm == IB_PROG_AUTO) pm = IB_PROG_QUIET;
     ib_progress *p = ib_progress_new(pm, stderr);
     char digest[IB_DIGEST_STRLEN + 1];
+    ib_cache *lk = NULL;
+    if (r == 0 && ib_cache_open(&lk, s) == 0) ib_cache_lock_shared(lk); /* prune waits for us */
     if (r == 0) r = ib_pull(digest, s, &ref, platform, &ro, p);
     char *name = ib_ref_string(&ref);
     if (r == 0 && platform) {
@@ -93,6 +96,7 @@ int ib_cmd_pull(int argc, char **argv)
     else printf("Pulled  %s\nDigest  %s\n%s%s%s", name, digest, out ? "Output  " : "", out ? out : "", out ? "\n" : "");
     free(name);
     ib_progress_free(p);
+    ib_cache_free(lk);
     ib_store_free(s);
     ib_ref_clear(&ref);
     return rc;

@@ -1,4 +1,5 @@
 #include "cli/cli.h"
+#include "build/cache.h"
 #include "common/error.h"
 #include "common/progress.h"
 #include "oci/archive.h"
@@ -101,6 +102,8 @@ int ib_cmd_push(int argc, char **argv)
     free(dir);
     char digest[IB_DIGEST_STRLEN + 1] = "";
     char *own_tag = NULL;
+    ib_cache *lk = NULL;
+    if (r == 0 && ib_cache_open(&lk, s) == 0) ib_cache_lock_shared(lk); /* prune waits for us */
     if (r == 0 && image) {
         ib_loaded *l = NULL;
         size_t n = 0;
@@ -152,6 +155,7 @@ int ib_cmd_push(int argc, char **argv)
     if (r < 0) {
         int rc = ib_cli_fail(r);
         free(own_tag);
+        ib_cache_free(lk);
         ib_store_free(s);
         ib_ref_clear(&dest);
         return rc;
@@ -191,6 +195,7 @@ int ib_cmd_push(int argc, char **argv)
     }
     ib_progress_free(p);
     free(own_tag);
+    ib_cache_free(lk);
     ib_store_free(s);
     ib_ref_clear(&dest);
     return rc;

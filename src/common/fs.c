@@ -90,6 +90,19 @@ int ib_fs_write_atomic(const char *path, const void *data, size_t len, int mode)
     return 0;
 }
 
+int ib_fs_write_atomic_if_changed(const char *path, const void *data, size_t len, int mode)
+{
+    char *old = NULL;
+    size_t olen = 0;
+    if (ib_fs_read_all(&old, &olen, path, len + 1) == 0 && olen == len && !memcmp(old, data, len)) {
+        free(old);
+        return 0;
+    }
+    free(old);
+    ib_error_clear();
+    return ib_fs_write_atomic(path, data, len, mode);
+}
+
 int ib_fs_read_all(char **out, size_t *out_len, const char *path, size_t max)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -9,6 +9,9 @@ int ib_fs_mkdir_p(const char *path, int mode);
 /* Writes `len` bytes to `path` via a temp file in the same directory + fsync +
  * rename, so readers see the old content or the new, never a torn file. */
 int ib_fs_write_atomic(const char *path, const void *data, size_t len, int mode);
+/* Like ib_fs_write_atomic, but does nothing when the file already holds
+ * exactly these bytes (no-op rebuilds then cost no fsync). */
+int ib_fs_write_atomic_if_changed(const char *path, const void *data, size_t len, int mode);
 /* Reads a whole (small) file; *out is NUL-terminated, caller frees. max caps
  * the size so a hostile file cannot exhaust memory. */
 int ib_fs_read_all(char **out, size_t *out_len, const char *path, size_t max);

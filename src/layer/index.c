@@ -1,5 +1,6 @@
 #include "layer/index.h"
 #include "common/error.h"
+#include "oci/digest.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -169,4 +170,37 @@ int ib_layer_index_dir(const ib_layer_index *x, const char *path, unsigned *mode
     *uid = d->uid;
     *gid = d->gid;
     return 1;
+}
+
+int ib_layer_diff_id(char *out, const char *blob_path)
+{
+    struct archive *a = archive_read_new();
+    archive_read_support_filter_all(a);
+    archive_read_support_format_raw(a);
+    struct archive_entry *e;
+    int r = 0;
+    if (archive_read_open_filename(a, blob_path, 1 << 16) != ARCHIVE_OK || archive_read_next_header(a, &e) != ARCHIVE_OK) {
+        r = ib_error_set(IB_EINVALID, "%s: %s", blob_path, archive_error_string(a));
+        archive_read_free(a);
+        return r;
+    }
+    ib_digester *d = NULL;
+    if ((r = ib_digest_new(&d)) < 0) {
+        archive_read_free(a);
+        return r;
+    }
+    static _Thread_local char buf[1 << 17];
+    for (;;) {
+        la_ssize_t n = archive_read_data(a, buf, sizeof buf);
+        if (n < 0) {
+            r = ib_error_set(IB_EINVALID, "%s: %s", blob_path, archive_error_string(a));
+            break;
+        }
+        if (n == 0) break;
+        ib_digest_update(d, buf, (size_t)n);
+    }
+    if (r == 0) ib_digest_final(out, d);
+    ib_digest_free(d);
+    archive_read_free(a);
+    return r;
 }

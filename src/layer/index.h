@@ -16,4 +16,7 @@ int ib_layer_index_add(ib_layer_index *x, const char *blob_path);
 /* 1 and the metadata if path ("usr/local", no leading '/') is a directory. */
 int ib_layer_index_dir(const ib_layer_index *x, const char *path, unsigned *mode, unsigned *uid, unsigned *gid);
 
+/* diffID of a layer blob: sha256 of its uncompressed tar (gzip/zstd/plain). */
+int ib_layer_diff_id(char *out, const char *blob_path);
+
 #endif

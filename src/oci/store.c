@@ -313,7 +313,7 @@ int ib_store_set_note(ib_store *s, const char *ns, const char *key, const char *
     int r = ib_fs_mkdir_p(dir, 0755);
     if (r == 0) {
         char *p = escaped_path(dir, key);
-        r = ib_fs_write_atomic(p, value, strlen(value), 0644);
+        r = ib_fs_write_atomic_if_changed(p, value, strlen(value), 0644);
         free(p);
     }
     free(dir);
@@ -335,7 +335,7 @@ int ib_store_set_ref(ib_store *s, const char *name, const char *manifest_digest)
     char *p = ref_path(s, name);
     char line[IB_DIGEST_STRLEN + 2];
     int n = snprintf(line, sizeof line, "%s\n", manifest_digest);
-    int r = ib_fs_write_atomic(p, line, (size_t)n, 0644);
+    int r = ib_fs_write_atomic_if_changed(p, line, (size_t)n, 0644);
     free(p);
     return r;
 }

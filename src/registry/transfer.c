@@ -175,6 +175,24 @@ int ib_push(ib_push_result *res, ib_store *s, const char *manifest_digest, const
     ib_registry *reg;
     if ((rc = ib_registry_open(&reg, dest->registry, o)) < 0) goto out_img;
     ib_registry_want(reg, dest->repo, "pull,push");
+    {
+        /* Every tag already names this manifest: a manifest only exists once all
+         * its blobs do, so there is nothing to check or send (one request). */
+        size_t same = 0;
+        for (size_t i = 0; i < ntags; i++) {
+            char have[IB_DIGEST_STRLEN + 1] = "";
+            if (ib_registry_manifest_head(have, reg, dest->repo, tags[i]) == 0 && !strcmp(have, manifest_digest)) same++;
+            else break;
+        }
+        if (ntags && same == ntags) {
+            ib_progress_msg(p, "info", "%s: every tag already points at %.19s", dest->repo, manifest_digest);
+            res->blobs = res->existed = (unsigned)(img->nlayers + 1);
+            res->seconds = ib_now() - t0;
+            ib_registry_free(reg);
+            goto out_img;
+        }
+        ib_error_clear();
+    }
     size_t n = img->nlayers + 1;
     job *jobs = ib_xcalloc(n, sizeof *jobs);
     for (size_t i = 0; i < n; i++) {

@@ -67,6 +67,12 @@ test_expect_success 'a warm cache gives the digest a cold cache gives (cache and
     test "$d_warm" = "$d_cold"
 '
 
+test_expect_success 'file times are part of the key: SOURCE_DATE_EPOCH before 1980, warm = cold' '
+    d_warm=$(cd "$R" && SOURCE_DATE_EPOCH=0 ib -q -o "$TMP/e0.tar") &&
+    d_cold=$(cd "$R" && SOURCE_DATE_EPOCH=0 IMGBUILD_CACHE="$TMP/cold0" "$IMGBUILD" -q -o "$TMP/e0c.tar") &&
+    test "$d_warm" = "$d_cold" && test "$d_warm" != "$(digest_of "$TMP/c.tar")"
+'
+
 test_expect_success 'a damaged cached layer is detected and rebuilt, never used' '
     L=$(layer "$TMP/c.tar" 1) &&
     truncate -s 1000 "$IMGBUILD_CACHE/blobs/sha256/${L#sha256:}" &&
