@@ -31,6 +31,8 @@ test: test-deps
 
 bench: build test-deps
 	@bash bench/build.sh $(BUILD)/imgbuild
+	@bash bench/push.sh $(BUILD)/imgbuild
+	@if [ -f bench/cache.sh ]; then bash bench/cache.sh $(BUILD)/imgbuild; fi
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)

@@ -16,60 +16,15 @@
 
 char *ib_copy_clean_abs(const char *path)
 {
-    size_t n = strlen(path);
-    char *out = ib_xmalloc(n + 2), *o = out;
-    const char *s = path;
-    while (*s) {
-        while (*s == '/') s++;
-        if (!*s) break;
-        const char *e = strchr(s, '/');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (len == 1 && s[0] == '.') {
-        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
-            while (o > out && *--o != '/') {}
-            *o = 0;
-        } else {
-            *o++ = '/';
-            memcpy(o, s, len);
-            o += len;
-        }
-        s += len;
-    }
-    if (o == out) *o++ = '/';
-    *o = 0;
-    return out;
+    char *rel = ib_fs_path_clean(path, 1);
+    char *abs = ib_xasprintf("/%s", rel);
+    free(rel);
+    return abs;
 }
 
-/* Lexical clean of a context-relative source; returns NULL if it climbs
- * above the context root ("../x"), which Docker forbids. */
-static char *clean_rel(const char *path)
-{
-    size_t n = strlen(path);
-    char *out = ib_xmalloc(n + 1), *o = out;
-    const char *s = path;
-    while (*s) {
-        while (*s == '/') s++;
-        if (!*s) break;
-        const char *e = strchr(s, '/');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (len == 1 && s[0] == '.') {
-        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
-            if (o == out) {
-                free(out);
-                return NULL;
-            }
-            while (o > out && *--o != '/') {}
-            *o = 0;
-        } else {
-            if (o != out) *o++ = '/';
-            memcpy(o, s, len);
-            o += len;
-        }
-        s += len;
-    }
-    *o = 0;
-    return out;
-}
+/* A context-relative source; NULL if it climbs above the context root
+ * ("../x"), which Docker forbids. */
+static char *clean_rel(const char *path) { return ib_fs_path_clean(path, 0); }
 
 static int has_meta(const char *s) { return strpbrk(s, "*?[") != NULL; }
 

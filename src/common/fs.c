@@ -184,6 +184,34 @@ int ib_fs_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
+char *ib_fs_path_clean(const char *path, int clamp)
+{
+    size_t n = strlen(path);
+    char *out = ib_xmalloc(n + 1), *o = out;
+    const char *s = path;
+    while (*s) {
+        while (*s == '/') s++;
+        if (!*s) break;
+        const char *e = strchr(s, '/');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len == 1 && s[0] == '.') {
+        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
+            if (o == out && !clamp) {
+                free(out);
+                return NULL;
+            }
+            while (o > out && *--o != '/') {}
+        } else {
+            if (o != out) *o++ = '/';
+            memcpy(o, s, len);
+            o += len;
+        }
+        s += len;
+    }
+    *o = 0;
+    return out;
+}
+
 char *ib_fs_join(const char *a, const char *b)
 {
     size_t la = strlen(a);

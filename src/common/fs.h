@@ -23,6 +23,11 @@ int ib_fs_mkdtemp(char **out, const char *prefix);
 /* rm -rf, never following symlinks. */
 int ib_fs_rm_rf(const char *path);
 int ib_fs_exists(const char *path);
+/* Lexically cleans a '/'-separated path: empty and "." components go, ".."
+ * removes what precedes it. The result has no leading or trailing '/' ("" is
+ * the root). A ".." that would climb above the root is dropped when clamp is
+ * 1 (chroot semantics) and makes the result NULL when clamp is 0. */
+char *ib_fs_path_clean(const char *path, int clamp);
 /* Joins a and b with exactly one '/'. Caller frees. */
 char *ib_fs_join(const char *a, const char *b);
 /* Absolute, symlink-resolved path of an existing file. Caller frees. */

@@ -1,5 +1,6 @@
 #include "layer/writer.h"
 #include "common/error.h"
+#include "common/fs.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -55,34 +56,15 @@ void ib_layer_builder_free(ib_layer_builder *b)
 
 size_t ib_layer_count(const ib_layer_builder *b) { return b->n; }
 
-/* Normalises "./a//b/" to "a/b"; rejects ".." so no entry can climb out. */
+/* Normalises "./a//b/" to "a/b"; NULL for the root or a path climbing out. */
 static char *norm_path(const char *p)
 {
-    size_t n = strlen(p);
-    char *out = ib_xmalloc(n + 1), *o = out;
-    const char *s = p;
-    while (*s) {
-        while (*s == '/') s++;
-        if (!*s) break;
-        const char *e = strchr(s, '/');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (len == 1 && s[0] == '.') {
-        } else if (len == 2 && s[0] == '.' && s[1] == '.') {
-            free(out);
-            return NULL;
-        } else {
-            if (o != out) *o++ = '/';
-            memcpy(o, s, len);
-            o += len;
-        }
-        s += len;
-    }
-    *o = 0;
-    if (o == out) {
-        free(out);
+    char *c = ib_fs_path_clean(p, 0);
+    if (c && !*c) {
+        free(c);
         return NULL;
     }
-    return out;
+    return c;
 }
 
 static void push(ib_layer_builder *b, entry *e)
