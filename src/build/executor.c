@@ -3,6 +3,7 @@
 #include "build/cache.h"
 #include "build/copy.h"
 #include "build/remote_cache.h"
+#include "build/sandbox.h"
 #include "build/dockerfile.h"
 #include "build/ignore.h"
 #include "common/error.h"
@@ -17,6 +18,7 @@
 #include "registry/transfer.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -73,6 +75,29 @@ static void kv_clear(kvlist *l)
 static void kv_copy(kvlist *dst, const kvlist *src)
 {
     for (size_t i = 0; i < src->n; i++) kv_set(dst, src->v[i].k, src->v[i].v);
+}
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} strbuf_t;
+
+static void sbuf_add(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sbuf_add(strbuf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *t;
+    int n = vasprintf(&t, fmt, ap);
+    va_end(ap);
+    if (n < 0) abort();
+    if (b->len + (size_t)n + 1 > b->cap) {
+        b->cap = (b->len + (size_t)n + 1) * 2;
+        b->s = ib_xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->len, t, (size_t)n + 1);
+    b->len += (size_t)n;
+    free(t);
 }
 
 /* ---------- build state ---------- */
@@ -628,6 +653,239 @@ static int stage_index(build *b, stage *st)
     return 0;
 }
 
+/* ---------- RUN ---------- */
+
+/* "name:x:uid:gid:..." lookups in the image's own /etc/passwd and /etc/group. */
+static int id_lookup(unsigned *id, unsigned *gid_out, const char *rootfs, const char *file, const char *name)
+{
+    char *p = ib_xasprintf("%s/etc/%s", rootfs, file), *text;
+    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
+    free(p);
+    if (r < 0) return IB_ENOTFOUND;
+    r = IB_ENOTFOUND;
+    size_t nl = strlen(name);
+    int numeric = name[0] && strspn(name, "0123456789") == nl;
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *f[4] = {0};
+        char *q = line;
+        for (int k = 0; k < 4 && q; k++) {
+            f[k] = q;
+            q = strchr(q, ':');
+            if (q) *q++ = 0;
+        }
+        if (!f[2]) continue;
+        if (numeric ? !strcmp(f[2], name) : !strcmp(f[0], name)) {
+            *id = (unsigned)strtoul(f[2], NULL, 10);
+            if (gid_out && f[3]) *gid_out = (unsigned)strtoul(f[3], NULL, 10);
+            r = 0;
+            break;
+        }
+    }
+    free(text);
+    return r;
+}
+
+/* USER "name|uid[:group|gid]" as Docker resolves it: a uid without a group
+ * gets the user's primary group from /etc/passwd, or 0. */
+static int resolve_user(unsigned *uid, unsigned *gid, const char *rootfs, const char *spec)
+{
+    *uid = *gid = 0;
+    if (!spec || !*spec) return 0;
+    char *u = ib_xstrdup(spec), *g = strchr(u, ':');
+    if (g) *g++ = 0;
+    int numeric = strspn(u, "0123456789") == strlen(u) && *u;
+    unsigned pg = 0;
+    int r = id_lookup(uid, &pg, rootfs, "passwd", u);
+    if (r == IB_ENOTFOUND && numeric) {
+        *uid = (unsigned)strtoul(u, NULL, 10);
+        r = 0;
+    } else if (r == IB_ENOTFOUND) {
+        r = ib_error_set(IB_EINVALID, "USER %s: no such user in the image's /etc/passwd", u);
+    }
+    if (r == 0) {
+        *gid = pg;
+        if (g && *g) {
+            int gnum = strspn(g, "0123456789") == strlen(g);
+            if (id_lookup(gid, NULL, rootfs, "group", g) == IB_ENOTFOUND) {
+                if (gnum) *gid = (unsigned)strtoul(g, NULL, 10);
+                else r = ib_error_set(IB_EINVALID, "USER %s: no such group in the image's /etc/group", spec);
+            }
+        }
+    }
+    free(u);
+    return r;
+}
+
+static char *passwd_home(const char *rootfs, unsigned uid)
+{
+    char *p = ib_xasprintf("%s/etc/passwd", rootfs), *text, *home = NULL;
+    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
+    free(p);
+    if (r < 0) {
+        ib_error_clear();
+        return NULL;
+    }
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line && !home; line = strtok_r(NULL, "\n", &save)) {
+        char *f[7] = {0};
+        char *q = line;
+        for (int k = 0; k < 7 && q; k++) {
+            f[k] = q;
+            q = strchr(q, ':');
+            if (q) *q++ = 0;
+        }
+        if (f[2] && f[5] && *f[5] && (unsigned)strtoul(f[2], NULL, 10) == uid) home = ib_xstrdup(f[5]);
+    }
+    free(text);
+    return home;
+}
+
+typedef struct {
+    build *b;
+    char last[512];
+} run_out;
+
+static int run_line(void *ctx, const char *line)
+{
+    run_out *ro = ctx;
+    ib_progress_msg(ro->b->prog, "info", "  | %s", line);
+    snprintf(ro->last, sizeof ro->last, "%s", line);
+    return 0;
+}
+
+static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build *b, stage *st, const ib_df_instr *in)
+{
+    int present = 0;
+    ib_df_flag_get(in, "mount", &present);
+    if (present)
+        return ib_error_set(IB_EINVALID, "RUN --mount is not supported yet (cache, bind and secret mounts come with "
+                                         "the next sandbox step)");
+    ib_df_flag_get(in, "security", &present);
+    if (present) return ib_error_set(IB_EINVALID, "RUN --security is not supported");
+    const char *net = ib_df_flag_get(in, "network", NULL);
+    int net_none = b->o->network_none;
+    if (net) {
+        if (!strcmp(net, "none")) net_none = 1;
+        else if (!strcmp(net, "default") || !strcmp(net, "host")) net_none = 0;
+        else return ib_error_set(IB_EINVALID, "RUN --network=%s: expected none, default or host", net);
+    }
+    /* argv: exec form as written; shell form through SHELL (default /bin/sh -c). */
+    size_t na = 0;
+    char **argv = ib_xcalloc(in->nargs + 16, sizeof *argv);
+    if (in->json_form) {
+        for (size_t i = 0; i < in->nargs; i++) argv[na++] = ib_xstrdup(in->args[i]);
+    } else {
+        json_t *sh = json_object_get(st->cfg, "Shell");
+        if (json_is_array(sh) && json_array_size(sh)) {
+            size_t i;
+            json_t *v;
+            json_array_foreach(sh, i, v) if (na < 14) argv[na++] = ib_xstrdup(json_string_value(v) ? json_string_value(v) : "");
+        } else {
+            argv[na++] = ib_xstrdup("/bin/sh");
+            argv[na++] = ib_xstrdup("-c");
+        }
+        argv[na++] = ib_xstrdup(in->nheredocs ? in->heredocs[0].content : in->nargs ? in->args[0] : "");
+    }
+    if (!na || !*argv[0]) {
+        for (size_t i = 0; i < na; i++) free(argv[i]);
+        free(argv);
+        return ib_error_set(IB_EINVALID, "RUN: empty command");
+    }
+    /* Environment: the image's ENV plus the ARGs in scope, and nothing of the host's. */
+    kvlist env = {0};
+    kv_copy(&env, &st->env);
+    for (size_t i = 0; i < st->args.n; i++)
+        if (st->args.v[i].v && !kv_find(&env, st->args.v[i].k)) kv_set(&env, st->args.v[i].k, st->args.v[i].v);
+    if (!kv_find(&env, "PATH")) kv_set(&env, "PATH", DEFAULT_PATH + 5);
+    char **envp = ib_xcalloc(env.n + 2, sizeof *envp);
+    for (size_t i = 0; i < env.n; i++) envp[i] = ib_xasprintf("%s=%s", env.v[i].k, env.v[i].v ? env.v[i].v : "");
+    const char *user = json_string_value(json_object_get(st->cfg, "User"));
+    const char *wd = json_string_value(json_object_get(st->cfg, "WorkingDir"));
+    /* Cache key: the command, its environment, user, workdir, network and the
+     * parent layers (BuildKit: RUN keys on the command and its parent). */
+    char chain[IB_DIGEST_STRLEN + 1], key[IB_DIGEST_STRLEN + 1], cmdd[IB_DIGEST_STRLEN + 1];
+    ib_cache_chain(chain, st->diff_ids, st->nlayers);
+    strbuf_t sb = {0};
+    sbuf_add(&sb, "instruction %s\nparent %s\n", in->original, chain);
+    for (size_t i = 0; i < na; i++) sbuf_add(&sb, "argv %zu:%s\n", strlen(argv[i]), argv[i]);
+    for (size_t i = 0; i < env.n; i++) {
+        char vd[IB_DIGEST_STRLEN + 1];
+        const char *v = env.v[i].v ? env.v[i].v : "";
+        ib_digest_buf(vd, v, strlen(v));
+        sbuf_add(&sb, "src $%s %s\n", env.v[i].k, vd);
+    }
+    sbuf_add(&sb, "user %s\nworkdir %s\nnetwork %s\nlayer %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
+             net_none ? "none" : "host", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
+    ib_digest_buf(cmdd, sb.s, sb.len);
+    ib_cache_key(key, chain, "run", cmdd);
+    char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
+                                 st->name ? st->name : "-", (size_t)(in - b->df->instrs));
+    int r = b->o->no_cache ? 0 : ib_cache_get(lr, b->cache, key);
+    if (r == 1) {
+        *hit = 1;
+        r = 0;
+        goto done;
+    }
+    if (r < 0) goto done;
+    {
+        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache") : ib_cache_explain(b->cache, locator, sb.s);
+        snprintf(why, whysz, "rebuilt: %s", reason);
+        free(reason);
+    }
+    const char *root;
+    if ((r = stage_rootfs(&root, b, st)) < 0) goto done;
+    unsigned uid, gid;
+    if ((r = resolve_user(&uid, &gid, root, user)) < 0) goto done;
+    if (!kv_find(&env, "HOME")) {
+        /* Docker: HOME from the user's /etc/passwd entry, else / (root: /root). */
+        char *home = passwd_home(root, uid);
+        size_t n = 0;
+        while (envp[n]) n++;
+        envp = ib_xrealloc(envp, (n + 2) * sizeof *envp);
+        envp[n] = ib_xasprintf("HOME=%s", home ? home : uid == 0 ? "/root" : "/");
+        envp[n + 1] = NULL;
+        free(home);
+    }
+    static unsigned seq;
+    char *scratch = ib_xasprintf("%s/run-%u", b->tmpdir, seq++);
+    if (mkdir(scratch, 0700) < 0) {
+        r = ib_error_errno(IB_ERR, "mkdir %s", scratch);
+        free(scratch);
+        goto done;
+    }
+    run_out ro = {b, ""};
+    ib_sandbox_opts so = {.lower = root, .scratch = scratch, .argv = argv, .envp = envp, .workdir = wd, .uid = uid,
+                          .gid = gid, .network_none = net_none, .output = run_line, .output_ctx = &ro};
+    int status = 0;
+    char *upper = NULL;
+    r = ib_sandbox_run(&status, &upper, &so);
+    if (r == 0 && status != 0)
+        r = ib_error_set(IB_EINVALID, "RUN exited with status %d%s%s", status, ro.last[0] ? "; last output: " : "",
+                         ro.last);
+    if (r == 0) {
+        ib_context *uctx = NULL;
+        ib_layer_builder *lb = ib_layer_builder_new();
+        r = ib_context_open_dir(&uctx, NULL, upper, 0);
+        if (r == 0) r = ib_sandbox_diff(lb, upper, uctx);
+        if (r == 0) r = ib_layer_write(lr, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
+        if (r == 0) r = ib_cache_put(b->cache, key, lr, in->original);
+        ib_layer_builder_free(lb);
+        ib_context_free(uctx);
+    }
+    free(upper);
+    ib_fs_rm_rf(scratch);
+    free(scratch);
+done:
+    if (r == 0) ib_cache_record(b->cache, locator, sb.s);
+    free(locator);
+    free(sb.s);
+    for (size_t i = 0; i < na; i++) free(argv[i]);
+    free(argv);
+    for (size_t i = 0; envp[i]; i++) free(envp[i]);
+    free(envp);
+    kv_clear(&env);
+    return r;
+}
+
 static void stage_label(char *out, size_t n, const stage *st)
 {
     if (st->name) snprintf(out, n, "%s", st->name);
@@ -719,11 +977,12 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         json_array_append_new(ob, json_string(in->args[0]));
         break;
     }
-    case IB_DF_RUN:
-        r = ib_error_set(IB_EINVALID,
-                         "RUN is not available yet: executing commands needs the build sandbox; this build can "
-                         "only COPY/ADD files and set metadata");
+    case IB_DF_RUN: {
+        int hit = 0;
+        r = do_run(&lr, &hit, why, sizeof why, b, st, in);
+        if (r == 0) made_layer = hit ? 2 : 1;
         break;
+    }
     case IB_DF_COPY:
     case IB_DF_ADD: {
         ib_copy_env env = {.store = b->store,

@@ -94,13 +94,14 @@ int ib_cmd_build(int argc, char **argv)
             break;
         case O_CACHE_TO: o.cache_to = optarg; break;
         case O_SECRET:
-            rc = ib_cli_usage_error("--secret: secrets are only used by RUN, which this version cannot execute");
+            rc = ib_cli_usage_error("--secret: secret mounts (RUN --mount=type=secret) are not supported yet");
             goto out;
         case O_NETWORK:
             if (strcmp(optarg, "host") && strcmp(optarg, "none") && strcmp(optarg, "default")) {
-                rc = ib_cli_usage_error("--network %s: expected host or none", optarg);
+                rc = ib_cli_usage_error("--network %s: expected host, default or none", optarg);
                 goto out;
             }
+            o.network_none = !strcmp(optarg, "none");
             break;
         case O_PLATFORM: o.platform = optarg; break;
         case O_PROGRESS:

@@ -75,7 +75,7 @@ test_expect_success '--target builds an intermediate stage' '
 '
 
 test_expect_success '--target of the stage with RUN fails naming the line' '
-    cd "$R" && expect_error "^imgbuild: error: Dockerfile:10: RUN " --target broken -o "$TMP/broken.tar" &&
+    cd "$R" && expect_error "^imgbuild: error: Dockerfile:10: RUN: /bin/sh: not found in the image" --target broken -o "$TMP/broken.tar" &&
     test ! -e "$TMP/broken.tar"
 '
 

@@ -51,7 +51,7 @@ test_expect_success 'unknown stage in --from names file:line' 'bad stage "Docker
 test_expect_success 'unknown flag names file:line' 'bad flag "Dockerfile.flag:2: unknown flag: --frm"'
 test_expect_success 'several sources need a directory destination' 'bad multi "Dockerfile.multi:2: COPY: with more than one source file, the destination must be a directory"'
 test_expect_success 'a .dockerignored source is not in the context' 'bad ignored "Dockerfile.ignored:2: COPY app/ignored.py: not found in the build context \(excluded by .dockerignore\)"'
-test_expect_success 'RUN fails clearly, naming the line' 'bad run "Dockerfile.run:3: RUN is not available yet"'
+test_expect_success 'RUN fails clearly, naming the line' 'bad run "Dockerfile.run:3: RUN: /bin/sh: not found in the image"'
 test_expect_success 'instruction before FROM' 'bad nofrom "Dockerfile.nofrom:1: "'
 test_expect_success 'unterminated heredoc' 'bad heredoc "Dockerfile.heredoc:2: "'
 

@@ -1,0 +1,306 @@
+#include "build/sandbox.h"
+#include "build/context.h"
+#include "common/error.h"
+#include "common/fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <grp.h>
+
+/* Paths we create in the merged view only to mount over them; when the image
+ * had none, they are removed from the upper dir afterwards so they never end
+ * up in the layer (Docker's behaviour for its own mount points). */
+static const char *const mountpoints[] = {"proc", "dev", "etc/resolv.conf", "etc/hosts", "etc"};
+
+static void die(int fd, const char *what)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof buf, "RUN sandbox: %s: %s\n", what, strerror(errno));
+    if (write(fd, buf, (size_t)n) < 0) {}
+    _exit(125);
+}
+
+static int ensure_file(const char *p)
+{
+    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static void bind_dev(const char *merged, const char *name, int errfd)
+{
+    char src[64], dst[4096];
+    snprintf(src, sizeof src, "/dev/%s", name);
+    snprintf(dst, sizeof dst, "%s/dev/%s", merged, name);
+    if (ensure_file(dst) < 0 || mount(src, dst, NULL, MS_BIND, NULL) < 0) die(errfd, dst);
+}
+
+/* pid 1 of the new PID namespace: builds the root and execs the command. */
+static void child(const ib_sandbox_opts *o, const char *merged, const char *resolv, const char *hosts, int errfd)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/proc", merged);
+    mkdir(p, 0555);
+    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die(errfd, "mount /proc");
+    snprintf(p, sizeof p, "%s/dev", merged);
+    mkdir(p, 0755);
+    if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k") < 0) die(errfd, "mount /dev");
+    static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) bind_dev(merged, devs[i], errfd);
+    snprintf(p, sizeof p, "%s/dev/shm", merged);
+    mkdir(p, 01777);
+    snprintf(p, sizeof p, "%s/dev/fd", merged);
+    if (symlink("/proc/self/fd", p) < 0) {}
+    snprintf(p, sizeof p, "%s/etc", merged);
+    mkdir(p, 0755);
+    const char *files[2][2] = {{resolv, "etc/resolv.conf"}, {hosts, "etc/hosts"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", merged, files[i][1]);
+        if (ensure_file(p) < 0 || mount(files[i][0], p, NULL, MS_BIND, NULL) < 0) die(errfd, p);
+        /* read-only: a RUN that writes it must not change the host's copy or ours */
+        mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
+    }
+    if (sethostname("imgbuild", 8) < 0) {}
+    if (chroot(merged) < 0) die(errfd, "chroot");
+    const char *wd = o->workdir && *o->workdir ? o->workdir : "/";
+    /* Docker creates a missing WORKDIR before RUN. */
+    char w[4096];
+    snprintf(w, sizeof w, "%s", wd); /* no malloc after fork: another thread may have held its lock */
+    for (char *s = w + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            mkdir(w, 0755);
+            *s = '/';
+        }
+    mkdir(w, 0755);
+    if (chdir(wd) < 0) die(errfd, "chdir WORKDIR");
+    if (setgroups(0, NULL) < 0 && errno != EPERM) die(errfd, "setgroups");
+    if (setgid(o->gid) < 0) die(errfd, "setgid");
+    if (setuid(o->uid) < 0) die(errfd, "setuid");
+    /* PATH lookup uses the image's PATH, not ours. */
+    extern char **environ;
+    environ = (char **)o->envp;
+    execvp(o->argv[0], o->argv);
+    if (errno == ENOENT) {
+        char buf[512];
+        int n = snprintf(buf, sizeof buf, "RUN: %s: not found in the image%s\n", o->argv[0],
+                         strcmp(o->argv[0], "/bin/sh") ? "" : " (an image FROM scratch has no shell)");
+        if (write(errfd, buf, (size_t)n) < 0) {}
+        _exit(127);
+    }
+    die(errfd, o->argv[0]);
+}
+
+int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
+{
+    char *upper = ib_xasprintf("%s/upper", o->scratch), *work = ib_xasprintf("%s/work", o->scratch);
+    char *merged = ib_xasprintf("%s/merged", o->scratch);
+    char *resolv = ib_xasprintf("%s/resolv.conf", o->scratch), *hosts = ib_xasprintf("%s/hosts", o->scratch);
+    int r = 0;
+    if (mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0) {
+        r = ib_error_errno(IB_ERR, "sandbox dirs in %s", o->scratch);
+        goto out;
+    }
+    {
+        /* The build sees the host's resolvers (as docker build does), through a copy. */
+        char *rc = NULL;
+        size_t rl = 0;
+        if (ib_fs_read_all(&rc, &rl, "/etc/resolv.conf", 1 << 16) < 0) {
+            rc = ib_xstrdup("");
+            rl = 0;
+        }
+        ib_error_clear();
+        const char *h = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\timgbuild\n";
+        if ((r = ib_fs_write_atomic(resolv, rc, rl, 0644)) < 0 || (r = ib_fs_write_atomic(hosts, h, strlen(h), 0644)) < 0) {
+            free(rc);
+            goto out;
+        }
+        free(rc);
+    }
+    int had[sizeof mountpoints / sizeof *mountpoints];
+    for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
+        char *lp = ib_fs_join(o->lower, mountpoints[i]);
+        had[i] = ib_fs_exists(lp);
+        free(lp);
+    }
+    int out[2], err[2];
+    if (pipe2(out, O_CLOEXEC) < 0) {
+        r = ib_error_errno(IB_ERR, "pipe");
+        goto out;
+    }
+    if (pipe2(err, O_CLOEXEC) < 0) {
+        close(out[0]);
+        close(out[1]);
+        r = ib_error_errno(IB_ERR, "pipe");
+        goto out;
+    }
+    char *opts = ib_xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", o->lower, upper, work);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        r = ib_error_errno(IB_ERR, "fork");
+        free(opts);
+        close(out[0]);
+        close(out[1]);
+        close(err[0]);
+        close(err[1]);
+        goto out;
+    }
+    if (pid == 0) {
+        int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | (o->network_none ? CLONE_NEWNET : 0);
+        if (unshare(flags) < 0) die(err[1], "unshare (namespaces need root or a user namespace)");
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die(err[1], "make / private");
+        if (mount("overlay", merged, "overlay", 0, opts) < 0) die(err[1], "mount overlay");
+        pid_t init = fork();
+        if (init < 0) die(err[1], "fork");
+        if (init == 0) {
+            dup2(out[1], 1);
+            dup2(out[1], 2);
+            int devnull = open("/dev/null", O_RDONLY);
+            if (devnull >= 0) dup2(devnull, 0);
+            child(o, merged, resolv, hosts, err[1]);
+        }
+        int st;
+        while (waitpid(init, &st, 0) < 0 && errno == EINTR) {}
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    free(opts);
+    close(out[1]);
+    close(err[1]);
+    /* Stream output line by line to the caller. */
+    char buf[4096], line[2048];
+    size_t ll = 0;
+    for (;;) {
+        ssize_t n = read(out[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n; i++) {
+            if (buf[i] == '\n' || ll == sizeof line - 1) {
+                line[ll] = 0;
+                if (o->output) o->output(o->output_ctx, line);
+                ll = 0;
+                if (buf[i] == '\n') continue;
+            }
+            line[ll++] = buf[i];
+        }
+    }
+    if (ll && o->output) {
+        line[ll] = 0;
+        o->output(o->output_ctx, line);
+    }
+    close(out[0]);
+    char emsg[512] = "";
+    ssize_t en = read(err[0], emsg, sizeof emsg - 1);
+    close(err[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (en > 0) {
+        emsg[en] = 0;
+        emsg[strcspn(emsg, "\n")] = 0;
+        r = ib_error_set(IB_ERR, "%s", emsg);
+        goto out;
+    }
+    /* Drop the mount points we had to create (empty, not in the image). */
+    for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
+        if (had[i]) continue;
+        char *up = ib_fs_join(upper, mountpoints[i]);
+        struct stat sb;
+        if (lstat(up, &sb) == 0) {
+            if (S_ISDIR(sb.st_mode)) rmdir(up); /* only if empty: a RUN may have filled /etc */
+            else if (S_ISREG(sb.st_mode) && sb.st_size == 0) unlink(up);
+        }
+        free(up);
+    }
+    *upper_out = upper;
+    upper = NULL;
+out:
+    free(upper);
+    free(work);
+    free(merged);
+    free(resolv);
+    free(hosts);
+    return r;
+}
+
+/* ---------- snapshot ---------- */
+
+static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, void *ctx)
+{
+    char *dir = *rel ? ib_fs_join(upper, rel) : ib_xstrdup(upper);
+    DIR *d = opendir(dir);
+    if (!d) {
+        int r = ib_error_errno(IB_ERR, "%s", dir);
+        free(dir);
+        return r;
+    }
+    int r = 0;
+    struct dirent *de;
+    while (r == 0 && (de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        char *rp = *rel ? ib_xasprintf("%s/%s", rel, de->d_name) : ib_xstrdup(de->d_name);
+        char *ap = ib_fs_join(upper, rp);
+        struct stat sb;
+        if (lstat(ap, &sb) < 0) {
+            r = ib_error_errno(IB_ERR, "%s", ap);
+        } else if (S_ISCHR(sb.st_mode) && sb.st_rdev == makedev(0, 0)) {
+            /* overlayfs whiteout: the path was deleted */
+            ib_layer_entry e = {.path = rp, .type = IB_LE_WHITEOUT};
+            r = ib_layer_add(b, &e);
+        } else if (S_ISDIR(sb.st_mode)) {
+            ib_layer_entry e = {.path = rp, .type = IB_LE_DIR, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
+                                .gid = sb.st_gid};
+            r = ib_layer_add(b, &e);
+            char v[4];
+            ssize_t xl = getxattr(ap, "trusted.overlay.opaque", v, sizeof v);
+            if (r == 0 && xl == 1 && v[0] == 'y') {
+                /* replaced directory: nothing below it from lower layers survives */
+                char *opq = ib_xasprintf("%s/.wh..opq", rp);
+                ib_layer_entry w = {.path = opq, .type = IB_LE_WHITEOUT};
+                r = ib_layer_add(b, &w);
+                free(opq);
+            }
+            if (r == 0) r = diff_walk(b, upper, rp, ctx);
+        } else if (S_ISLNK(sb.st_mode)) {
+            char t[4096];
+            ssize_t n = readlink(ap, t, sizeof t - 1);
+            if (n < 0) {
+                r = ib_error_errno(IB_ERR, "readlink %s", ap);
+            } else {
+                t[n] = 0;
+                ib_layer_entry e = {.path = rp, .type = IB_LE_SYMLINK, .mode = 0777, .uid = sb.st_uid,
+                                    .gid = sb.st_gid, .link = t};
+                r = ib_layer_add(b, &e);
+            }
+        } else if (S_ISREG(sb.st_mode)) {
+            ib_layer_entry e = {.path = rp, .type = IB_LE_FILE, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
+                                .gid = sb.st_gid, .size = (uint64_t)sb.st_size, .src = ctx, .src_path = rp,
+                                .content = ib_context_read};
+            r = ib_layer_add(b, &e);
+        }
+        /* sockets, fifos and device nodes a command made are not image content */
+        free(ap);
+        free(rp);
+    }
+    closedir(d);
+    free(dir);
+    return r;
+}
+
+int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx)
+{
+    return diff_walk(b, upper, "", upper_ctx);
+}

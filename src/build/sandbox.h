@@ -1,0 +1,36 @@
+/* RUN without a daemon: the command runs chrooted into an overlayfs view of
+ * the stage's root filesystem (lower = the unpacked layers, read-only; upper
+ * = a fresh dir that collects every change), in new mount, PID, UTS and IPC
+ * namespaces (and network, for --network=none), with a fresh /proc, a
+ * minimal /dev and read-only copies of the host's resolv.conf and a hosts
+ * file. The upper dir is the snapshot: its cost grows with what the command
+ * changed, not with the image size. */
+#ifndef IB_BUILD_SANDBOX_H
+#define IB_BUILD_SANDBOX_H
+
+#include "layer/writer.h"
+
+typedef int (*ib_line_fn)(void *ctx, const char *line);
+
+typedef struct {
+    const char *lower;          /* unpacked root filesystem (never modified) */
+    const char *scratch;        /* empty dir on a filesystem that can hold an overlay upper */
+    char *const *argv;
+    char *const *envp;
+    const char *workdir;        /* absolute path inside the image ("/" if NULL) */
+    unsigned uid, gid;
+    int network_none;
+    ib_line_fn output;          /* each line of combined stdout/stderr */
+    void *output_ctx;
+} ib_sandbox_opts;
+
+/* Runs the command; *status = its exit status (128+N if killed by signal N).
+ * *upper (caller frees) = the dir holding the changes, valid until scratch is removed. */
+int ib_sandbox_run(int *status, char **upper, const ib_sandbox_opts *o);
+
+/* Adds the changes in an overlay upper dir to a layer: files, dirs, symlinks
+ * with their metadata; deleted paths as whiteouts; opaque dirs as opaque
+ * whiteouts. The builder reads file content from upper when written. */
+int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx);
+
+#endif
