@@ -32,7 +32,8 @@ test: test-deps
 bench: build test-deps
 	@bash bench/build.sh $(BUILD)/imgbuild
 	@bash bench/push.sh $(BUILD)/imgbuild
-	@if [ -f bench/cache.sh ]; then bash bench/cache.sh $(BUILD)/imgbuild; fi
+	@bash bench/cache.sh $(BUILD)/imgbuild
+	@if [ -f bench/run.sh ]; then bash bench/run.sh $(BUILD)/imgbuild; fi
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)

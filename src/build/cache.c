@@ -235,9 +235,19 @@ char *ib_cache_explain(ib_cache *c, const char *locator, const char *inputs)
         const char *ia = line_value(a, na, "instruction", 11), *ib = line_value(b, nb, "instruction", 11);
         const char *pa = line_value(a, na, "parent", 6), *pb = line_value(b, nb, "parent", 6);
         const char *ca = line_value(a, na, "compression", 11), *cb = line_value(b, nb, "compression", 11);
+        const char *other = NULL;
+        /* any other recorded input ("user", "workdir", "network", "argv"...) that differs */
+        for (size_t i = 0; i < nb && !other; i++) {
+            const char *sp = strchr(b[i], ' ');
+            if (!sp) continue;
+            size_t kl = (size_t)(sp - b[i]);
+            const char *was = line_value(a, na, b[i], kl);
+            if (!was || strcmp(was, sp + 1)) other = b[i];
+        }
         if (ia && ib && strcmp(ia, ib)) res = ib_xasprintf("instruction changed (was: %.80s)", ia);
         else if (pa && pb && strcmp(pa, pb)) res = ib_xstrdup("an earlier step changed");
         else if (ca && cb && strcmp(ca, cb)) res = ib_xasprintf("compression changed (%s -> %s)", ca, cb);
+        else if (other) res = ib_xasprintf("%.*s changed", (int)strcspn(other, " "), other);
         else res = ib_xstrdup("inputs unchanged, but the layer is not in this cache (pruned, --no-cache or a new cache dir)");
     }
     free(a);

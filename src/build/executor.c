@@ -25,6 +25,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -752,13 +754,124 @@ static int run_line(void *ctx, const char *line)
     return 0;
 }
 
+/* "k=v,k=v" option lists of RUN --mount and --secret. */
+static const char *opt_get(const char *spec, const char *key, char *buf, size_t n)
+{
+    size_t kl = strlen(key);
+    for (const char *p = spec; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len > kl && !strncmp(p, key, kl) && p[kl] == '=') {
+            snprintf(buf, n, "%.*s", (int)(len - kl - 1), p + kl + 1);
+            return buf;
+        }
+        if (len == kl && !strncmp(p, key, kl)) {
+            snprintf(buf, n, "true");
+            return buf;
+        }
+        p = e ? e + 1 : NULL;
+    }
+    return NULL;
+}
+
+typedef struct {
+    ib_sandbox_mount m[16];
+    char *owned[32];
+    size_t n, nowned;
+    int lockfds[16];
+    size_t nlocks;
+} run_mounts;
+
+static void run_mounts_free(run_mounts *rm)
+{
+    for (size_t i = 0; i < rm->nowned; i++) free(rm->owned[i]);
+    for (size_t i = 0; i < rm->nlocks; i++) close(rm->lockfds[i]);
+}
+
+static const char *own(run_mounts *rm, char *s)
+{
+    if (rm->nowned < 32) rm->owned[rm->nowned++] = s;
+    return s;
+}
+
+/* RUN --mount=type=cache (a dir under the cache dir that outlives builds and
+ * never enters a layer) and type=secret (a --secret file, read-only, never
+ * in a layer or a cache key). */
+static int parse_mounts(run_mounts *rm, build *b, const ib_df_instr *in)
+{
+    memset(rm, 0, sizeof *rm);
+    for (size_t i = 0; i < in->nflags; i++) {
+        if (strcmp(in->flags[i].name, "mount") || !in->flags[i].value) continue;
+        const char *spec = in->flags[i].value;
+        char type[32] = "bind", tgt[1024] = "", id[512] = "", buf[256];
+        opt_get(spec, "type", type, sizeof type);
+        if (!opt_get(spec, "target", tgt, sizeof tgt) && !opt_get(spec, "dst", tgt, sizeof tgt))
+            opt_get(spec, "destination", tgt, sizeof tgt);
+        opt_get(spec, "id", id, sizeof id);
+        if (rm->n == 16) return ib_error_set(IB_EINVALID, "RUN: at most 16 --mount");
+        ib_sandbox_mount *m = &rm->m[rm->n];
+        if (!strcmp(type, "cache")) {
+            if (!*tgt) return ib_error_set(IB_EINVALID, "RUN --mount=%s: a cache mount needs target=", spec);
+            if (tgt[0] != '/') return ib_error_set(IB_EINVALID, "RUN --mount=%s: target must be absolute", spec);
+            char dg[IB_DIGEST_STRLEN + 1];
+            const char *key = *id ? id : tgt;
+            ib_digest_buf(dg, key, strlen(key));
+            char *dir = ib_xasprintf("%s/mounts/%.32s", ib_store_dir(b->store), ib_digest_hex(dg));
+            int r = ib_fs_mkdir_p(dir, 0755);
+            if (r < 0) {
+                free(dir);
+                return r;
+            }
+            unsigned mode = opt_get(spec, "mode", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 8) : 0755;
+            unsigned uid = opt_get(spec, "uid", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 10) : 0;
+            unsigned gid = opt_get(spec, "gid", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 10) : 0;
+            if (chmod(dir, mode) < 0 || (geteuid() == 0 && chown(dir, uid, gid) < 0)) {
+                r = ib_error_errno(IB_ERR, "cache mount %s", dir);
+                free(dir);
+                return r;
+            }
+            /* sharing=locked|private: one build at a time uses it (shared, the default, needs no lock) */
+            if (opt_get(spec, "sharing", buf, sizeof buf) && strcmp(buf, "shared") && rm->nlocks < 16) {
+                char *lp = ib_xasprintf("%s.lock", dir);
+                int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+                free(lp);
+                if (fd >= 0) {
+                    while (flock(fd, LOCK_EX) < 0 && errno == EINTR) {}
+                    rm->lockfds[rm->nlocks++] = fd;
+                }
+            }
+            m->source = own(rm, dir);
+            m->target = own(rm, ib_xstrdup(tgt));
+            rm->n++;
+        } else if (!strcmp(type, "secret")) {
+            if (!*id) return ib_error_set(IB_EINVALID, "RUN --mount=%s: a secret mount needs id=", spec);
+            const char *src = NULL;
+            char sid[512], ssrc[4096];
+            for (size_t k = 0; k < b->o->nsecrets && !src; k++)
+                if (opt_get(b->o->secrets[k], "id", sid, sizeof sid) && !strcmp(sid, id) &&
+                    (opt_get(b->o->secrets[k], "src", ssrc, sizeof ssrc) || opt_get(b->o->secrets[k], "source", ssrc, sizeof ssrc)))
+                    src = ssrc;
+            if (!src) {
+                /* BuildKit: a missing secret is skipped unless required=true */
+                if (opt_get(spec, "required", buf, sizeof buf) && !strcmp(buf, "true"))
+                    return ib_error_set(IB_EINVALID, "RUN --mount=%s: secret '%s' was not given (--secret id=%s,src=FILE)", spec, id, id);
+                continue;
+            }
+            m->source = own(rm, ib_xstrdup(src));
+            m->target = own(rm, *tgt ? ib_xstrdup(tgt) : ib_xasprintf("/run/secrets/%s", id));
+            m->is_file = 1;
+            m->readonly = 1;
+            rm->n++;
+        } else {
+            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported yet (cache and secret are)", type);
+        }
+    }
+    return 0;
+}
+
 static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build *b, stage *st, const ib_df_instr *in)
 {
     int present = 0;
-    ib_df_flag_get(in, "mount", &present);
-    if (present)
-        return ib_error_set(IB_EINVALID, "RUN --mount is not supported yet (cache, bind and secret mounts come with "
-                                         "the next sandbox step)");
     ib_df_flag_get(in, "security", &present);
     if (present) return ib_error_set(IB_EINVALID, "RUN --security is not supported");
     const char *net = ib_df_flag_get(in, "network", NULL);
@@ -813,7 +926,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         ib_digest_buf(vd, v, strlen(v));
         sbuf_add(&sb, "src $%s %s\n", env.v[i].k, vd);
     }
-    sbuf_add(&sb, "user %s\nworkdir %s\nnetwork %s\nlayer %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
+    sbuf_add(&sb, "user %s\nworkdir %s\nnetwork %s\ncompression %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
              net_none ? "none" : "host", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_digest_buf(cmdd, sb.s, sb.len);
     ib_cache_key(key, chain, "run", cmdd);
@@ -853,11 +966,20 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         goto done;
     }
     run_out ro = {b, ""};
+    run_mounts rm;
+    if ((r = parse_mounts(&rm, b, in)) < 0) {
+        run_mounts_free(&rm);
+        ib_fs_rm_rf(scratch);
+        free(scratch);
+        goto done;
+    }
     ib_sandbox_opts so = {.lower = root, .scratch = scratch, .argv = argv, .envp = envp, .workdir = wd, .uid = uid,
-                          .gid = gid, .network_none = net_none, .output = run_line, .output_ctx = &ro};
+                          .gid = gid, .network_none = net_none, .mounts = rm.m, .nmounts = rm.n,
+                          .output = run_line, .output_ctx = &ro};
     int status = 0;
     char *upper = NULL;
     r = ib_sandbox_run(&status, &upper, &so);
+    run_mounts_free(&rm);
     if (r == 0 && status != 0)
         r = ib_error_set(IB_EINVALID, "RUN exited with status %d%s%s", status, ro.last[0] ? "; last output: " : "",
                          ro.last);

@@ -29,6 +29,8 @@ typedef struct {
     const ib_reg_opts *reg;   /* transport for pulling base images (NULL: defaults) */
     int no_cache;             /* build every layer (results still go into the cache) */
     int network_none;         /* --network none: RUN gets no network */
+    const char *const *secrets; /* "--secret id=ID,src=PATH" values */
+    size_t nsecrets;
     const char *const *cache_from; /* registry repositories to import cache entries from */
     size_t ncache_from;
     const char *cache_to;     /* registry repository to export this build's cache entries to */

@@ -34,7 +34,11 @@ static void die(int fd, const char *what)
 
 static int ensure_file(const char *p)
 {
-    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    /* Only create: opening an existing lower file for writing would copy it
+     * up into the layer. */
+    struct stat sb;
+    if (stat(p, &sb) == 0) return 0;
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return -1;
     close(fd);
     return 0;
@@ -73,7 +77,23 @@ static void child(const ib_sandbox_opts *o, const char *merged, const char *reso
         /* read-only: a RUN that writes it must not change the host's copy or ours */
         mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
     }
+    for (size_t i = 0; i < o->nmounts; i++) {
+        const ib_sandbox_mount *m = &o->mounts[i];
+        snprintf(p, sizeof p, "%s/%s", merged, m->target + (m->target[0] == '/'));
+        /* mkdir -p of the target (its parent for a file); no malloc after fork */
+        for (char *q = p + strlen(merged) + 1; *q; q++)
+            if (*q == '/') {
+                *q = 0;
+                mkdir(p, 0755);
+                *q = '/';
+            }
+        if (m->is_file ? ensure_file(p) < 0 : (mkdir(p, 0755) < 0 && errno != EEXIST)) die(errfd, m->target);
+        if (mount(m->source, p, NULL, MS_BIND | MS_REC, NULL) < 0) die(errfd, m->target);
+        if (m->readonly) mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
+    }
     if (sethostname("imgbuild", 8) < 0) {}
+    /* Docker runs commands with umask 022: files a RUN creates must not depend on the builder's umask. */
+    umask(022);
     if (chroot(merged) < 0) die(errfd, "chroot");
     const char *wd = o->workdir && *o->workdir ? o->workdir : "/";
     /* Docker creates a missing WORKDIR before RUN. */
@@ -110,6 +130,7 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
     char *merged = ib_xasprintf("%s/merged", o->scratch);
     char *resolv = ib_xasprintf("%s/resolv.conf", o->scratch), *hosts = ib_xasprintf("%s/hosts", o->scratch);
     int r = 0;
+    int *had_m = NULL;
     if (mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0) {
         r = ib_error_errno(IB_ERR, "sandbox dirs in %s", o->scratch);
         goto out;
@@ -134,6 +155,12 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
     for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
         char *lp = ib_fs_join(o->lower, mountpoints[i]);
         had[i] = ib_fs_exists(lp);
+        free(lp);
+    }
+    had_m = ib_xcalloc(o->nmounts + 1, sizeof *had_m);
+    for (size_t i = 0; i < o->nmounts; i++) {
+        char *lp = ib_fs_join(o->lower, o->mounts[i].target);
+        had_m[i] = ib_fs_exists(lp);
         free(lp);
     }
     int out[2], err[2];
@@ -215,6 +242,17 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
         goto out;
     }
     /* Drop the mount points we had to create (empty, not in the image). */
+    for (size_t i = 0; i < o->nmounts; i++) {
+        if (!had_m[i]) {
+            char *up = ib_fs_join(upper, o->mounts[i].target);
+            struct stat sb;
+            if (lstat(up, &sb) == 0) {
+                if (S_ISDIR(sb.st_mode)) rmdir(up);
+                else if (S_ISREG(sb.st_mode) && sb.st_size == 0) unlink(up);
+            }
+            free(up);
+        }
+    }
     for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
         if (had[i]) continue;
         char *up = ib_fs_join(upper, mountpoints[i]);
@@ -228,6 +266,7 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
     *upper_out = upper;
     upper = NULL;
 out:
+    free(had_m);
     free(upper);
     free(work);
     free(merged);

@@ -12,6 +12,15 @@
 
 typedef int (*ib_line_fn)(void *ctx, const char *line);
 
+/* A host path bound into the run (cache mount dirs, secret files): never
+ * part of the layer, whatever the command writes there. */
+typedef struct {
+    const char *source;
+    const char *target;         /* absolute path inside the image */
+    int is_file;
+    int readonly;
+} ib_sandbox_mount;
+
 typedef struct {
     const char *lower;          /* unpacked root filesystem (never modified) */
     const char *scratch;        /* empty dir on a filesystem that can hold an overlay upper */
@@ -20,6 +29,8 @@ typedef struct {
     const char *workdir;        /* absolute path inside the image ("/" if NULL) */
     unsigned uid, gid;
     int network_none;
+    const ib_sandbox_mount *mounts;
+    size_t nmounts;
     ib_line_fn output;          /* each line of combined stdout/stderr */
     void *output_ctx;
 } ib_sandbox_opts;

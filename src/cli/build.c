@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char help[] =
     "usage: imgbuild [build] [CONTEXT] [flags]\n"
@@ -28,6 +29,8 @@ static const char help[] =
     "      --no-cache           build every step\n"
     "      --cache-from REPO    also look layers up in this registry repository (repeatable)\n"
     "      --cache-to REPO      share this build's layers there (plain OCI images tagged cache-<key>)\n"
+    "      --secret id=ID,src=PATH  a file for RUN --mount=type=secret,id=ID (never in a layer or a key)\n"
+    "      --network MODE       default/host, or none: RUN steps get no network\n"
     "      --progress MODE      auto, plain, tty, json or quiet (default auto)\n"
     "  -j, --jobs N             compression threads (default: all cores)\n"
     "  -q, --quiet              print only the image digest\n"
@@ -58,8 +61,8 @@ int ib_cmd_build(int argc, char **argv)
     ib_reg_opts ro = {0};
     o.reg = &ro;
     o.compression = IB_COMP_GZIP;
-    const char **bargs = NULL, **cfrom = NULL;
-    size_t nb = 0, ncfrom = 0;
+    const char **bargs = NULL, **cfrom = NULL, **secrets = NULL;
+    size_t nb = 0, ncfrom = 0, nsecrets = 0;
     int quiet = 0, c, rc = IB_EXIT_USAGE;
     ib_prog_mode pm = IB_PROG_AUTO;
     int pm_set = 0;
@@ -93,9 +96,26 @@ int ib_cmd_build(int argc, char **argv)
             cfrom[ncfrom++] = optarg;
             break;
         case O_CACHE_TO: o.cache_to = optarg; break;
-        case O_SECRET:
-            rc = ib_cli_usage_error("--secret: secret mounts (RUN --mount=type=secret) are not supported yet");
-            goto out;
+        case O_SECRET: {
+            /* id=ID,src=PATH: checked now so a typo fails before the build */
+            const char *src = strstr(optarg, "src=");
+            if (!src) src = strstr(optarg, "source=");
+            if (!strstr(optarg, "id=") || !src) {
+                rc = ib_cli_usage_error("--secret %s: expected id=ID,src=PATH", optarg);
+                goto out;
+            }
+            char path[4096];
+            snprintf(path, sizeof path, "%s", strchr(src, '=') + 1);
+            path[strcspn(path, ",")] = 0;
+            if (access(path, R_OK) < 0) {
+                rc = ib_cli_usage_error("--secret: cannot read %s", path);
+                goto out;
+            }
+            secrets = realloc(secrets, (nsecrets + 1) * sizeof *secrets);
+            if (!secrets) abort();
+            secrets[nsecrets++] = optarg;
+            break;
+        }
         case O_NETWORK:
             if (strcmp(optarg, "host") && strcmp(optarg, "none") && strcmp(optarg, "default")) {
                 rc = ib_cli_usage_error("--network %s: expected host, default or none", optarg);
@@ -152,6 +172,8 @@ int ib_cmd_build(int argc, char **argv)
     o.nbuild_args = nb;
     o.cache_from = cfrom;
     o.ncache_from = ncfrom;
+    o.secrets = secrets;
+    o.nsecrets = nsecrets;
     o.progress = ib_progress_new(pm, stderr);
     ib_build_result res;
     int r = ib_build(&res, &o);
@@ -184,5 +206,6 @@ int ib_cmd_build(int argc, char **argv)
 out:
     free(bargs);
     free(cfrom);
+    free(secrets);
     return rc;
 }

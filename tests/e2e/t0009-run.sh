@@ -14,7 +14,7 @@ B=$TMP/base
 new_repo "$B"
 mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/data/old" "$B/rootfs/tmp"
 cp "$BB" "$B/rootfs/bin/busybox"
-for a in sh ls cat echo rm mkdir touch mv id chmod ln pwd env sleep; do ln -s busybox "$B/rootfs/bin/$a"; done
+for a in sh ls cat echo rm mkdir touch mv id chmod ln pwd env sleep wc test; do ln -s busybox "$B/rootfs/bin/$a"; done
 printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n' >"$B/rootfs/etc/passwd"
 printf 'root:x:0:\napp:x:1000:\n' >"$B/rootfs/etc/group"
 echo old >"$B/rootfs/data/old/f"
@@ -89,6 +89,13 @@ test_expect_success 'a changed dependency manifest reruns the RUN after it, with
     grep -qE "RUN echo .* BUILT .*GREETING changed" "$TMP/last.err"
 '
 
+test_expect_success 'the builder umask does not reach files a RUN creates' '
+    IMGBUILD_CACHE="$TMP/u1" ib load "$TMP/bb.tar" >/dev/null && IMGBUILD_CACHE="$TMP/u2" ib load "$TMP/bb.tar" >/dev/null &&
+    d1=$(cd "$R" && umask 022 && IMGBUILD_CACHE="$TMP/u1" "$IMGBUILD" -q -o "$TMP/u1.tar") &&
+    d2=$(cd "$R" && umask 077 && IMGBUILD_CACHE="$TMP/u2" "$IMGBUILD" -q -o "$TMP/u2.tar") &&
+    test "$d1" = "$d2"
+'
+
 test_expect_success 'a failing RUN names the line and the exit status, and leaves no output' '
     F2=$TMP/fail && new_repo "$F2" &&
     printf "FROM %s\nRUN echo about to fail && exit 7\n" "$BASE" >"$F2/Dockerfile" && commit_all "$F2" f &&
@@ -96,10 +103,37 @@ test_expect_success 'a failing RUN names the line and the exit status, and leave
     test ! -e "$TMP/f.tar"
 '
 
-test_expect_success 'RUN --mount is refused clearly' '
-    F3=$TMP/mnt && new_repo "$F3" &&
-    printf "FROM %s\nRUN --mount=type=cache,target=/root/.cache true\n" "$BASE" >"$F3/Dockerfile" && commit_all "$F3" m &&
-    (cd "$F3" && expect_error "Dockerfile:2: RUN --mount is not supported yet" -o "$TMP/m.tar")
+test_expect_success 'cache mounts persist between builds and stay out of the image' '
+    M=$TMP/mnt && new_repo "$M" &&
+    printf "FROM %s\nRUN --mount=type=cache,target=/root/.cache/pip,id=pip echo run >> /root/.cache/pip/log && wc -l < /root/.cache/pip/log > /runs.txt\n" "$BASE" >"$M/Dockerfile" &&
+    commit_all "$M" m &&
+    (cd "$M" && ib --no-cache -o "$TMP/m1.tar" -q >/dev/null && ib --no-cache -o "$TMP/m2.tar" -q >/dev/null) &&
+    unpack_image "$TMP/m2.tar" "$TMP/mb" &&
+    test "$(cat "$TMP/mb/rootfs/runs.txt" | tr -d " ")" = 2 &&
+    test ! -e "$TMP/mb/rootfs/root/.cache/pip/log" &&
+    test "$(cat "$IMGBUILD_CACHE"/mounts/*/log | wc -l)" = 2
+'
+
+test_expect_success 'a secret is readable during RUN and absent from layers, cache keys and the tarball' '
+    S=$TMP/sec && new_repo "$S" && printf "s3cr3t-token-%s" "$RANDOM$RANDOM" >"$TMP/token.txt" &&
+    printf "FROM %s\nRUN --mount=type=secret,id=token,required=true test -s /run/secrets/token && wc -c < /run/secrets/token > /secret-len\n" "$BASE" >"$S/Dockerfile" &&
+    commit_all "$S" s &&
+    (cd "$S" && ib --secret id=token,src="$TMP/token.txt" -o "$TMP/s.tar" -q >/dev/null) &&
+    unpack_image "$TMP/s.tar" "$TMP/sb" &&
+    test "$(tr -d " " <"$TMP/sb/rootfs/secret-len")" = "$(wc -c <"$TMP/token.txt" | tr -d " ")" &&
+    test ! -e "$TMP/sb/rootfs/run/secrets/token" &&
+    secret=$(cat "$TMP/token.txt") &&
+    ! grep -aqF "$secret" "$TMP/s.tar" &&
+    mkdir -p "$TMP/sx" && tar -xf "$TMP/s.tar" -C "$TMP/sx" &&
+    for f in "$TMP/sx"/blobs/sha256/*; do ! (gzip -dc "$f" 2>/dev/null || cat "$f") | grep -aqF "$secret" || exit 1; done &&
+    ! grep -raqF "$secret" "$IMGBUILD_CACHE/cache" &&
+    (cd "$S" && expect_error "Dockerfile:2: RUN --mount=.*secret .token. was not given" --no-cache -o "$TMP/s2.tar")
+'
+
+test_expect_success 'other RUN --mount types are refused clearly' '
+    F3=$TMP/bind && new_repo "$F3" &&
+    printf "FROM %s\nRUN --mount=type=bind,source=.,target=/src true\n" "$BASE" >"$F3/Dockerfile" && commit_all "$F3" m &&
+    (cd "$F3" && expect_error "Dockerfile:2: RUN --mount=type=bind is not supported yet" -o "$TMP/m.tar")
 '
 
 test_done
