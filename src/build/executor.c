@@ -206,7 +206,9 @@ static int stage_rootfs(const char **out, build *b, stage *st)
 {
     if (!st->rootfs) {
         st->rootfs = ib_xasprintf("%s/rootfs-%zu", b->tmpdir, st->index);
-        if (mkdir(st->rootfs, 0755) < 0) return ib_error_errno(IB_ERR, "mkdir %s", st->rootfs);
+        /* chmod: the builder's umask must not make the image's / unreadable */
+        if (mkdir(st->rootfs, 0755) < 0 || chmod(st->rootfs, 0755) < 0)
+            return ib_error_errno(IB_ERR, "mkdir %s", st->rootfs);
     }
     for (; st->rootfs_layers < st->nlayers; st->rootfs_layers++) {
         char *p = ib_store_blob_path(b->store, st->layers[st->rootfs_layers].digest);

@@ -131,7 +131,10 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
     char *resolv = ib_xasprintf("%s/resolv.conf", o->scratch), *hosts = ib_xasprintf("%s/hosts", o->scratch);
     int r = 0;
     int *had_m = NULL;
-    if (mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0) {
+    struct stat lsb;
+    /* The merged root takes the upper root's mode: give it the image's, not our umask's. */
+    if (mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0 || stat(o->lower, &lsb) < 0 ||
+        chmod(upper, lsb.st_mode & 07777) < 0 || (lchown(upper, lsb.st_uid, lsb.st_gid) < 0 && geteuid() == 0)) {
         r = ib_error_errno(IB_ERR, "sandbox dirs in %s", o->scratch);
         goto out;
     }
