@@ -1,5 +1,6 @@
 #include "build/copy.h"
 #include "common/error.h"
+#include "common/strbuf.h"
 #include "common/fs.h"
 #include "layer/apply.h"
 
@@ -213,28 +214,6 @@ static int collect_source(matches *m, const ib_copy_env *env, const char *word, 
 
 /* ---------- entries ---------- */
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} strbuf;
-
-static void sb_add(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_add(strbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *t;
-    int n = vasprintf(&t, fmt, ap);
-    va_end(ap);
-    if (n < 0) abort();
-    if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = (b->len + (size_t)n + 1) * 2;
-        b->s = ib_xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->len, t, (size_t)n + 1);
-    b->len += (size_t)n;
-    free(t);
-}
 
 typedef struct {
     const ib_copy_env *env;
@@ -244,7 +223,7 @@ typedef struct {
     ib_ignore *exclude;
     ib_context *ctx; /* the context the current walk reads */
     const ib_ignore *ignore;
-    strbuf inputs;   /* what decided this layer, for explaining cache misses */
+    ib_strbuf inputs;   /* what decided this layer, for explaining cache misses */
 } copier;
 
 static int hash_sink(void *ctx, const void *buf, size_t len)
@@ -298,7 +277,7 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
         e.mode = 0777;
         e.link = target;
         r = ib_layer_add(c->lb, &e);
-        sb_add(&c->inputs, "src %s link:%s\n", src, target);
+        ib_strbuf_addf(&c->inputs, "src %s link:%s\n", src, target);
         free(target);
         return r;
     }
@@ -314,7 +293,7 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
         e.content = ib_context_read;
         e.content_id = cid;
         r = ib_layer_add(c->lb, &e);
-        sb_add(&c->inputs, "src %s %s\n", src, cid);
+        ib_strbuf_addf(&c->inputs, "src %s %s\n", src, cid);
         free(cid);
         return r;
     }
@@ -571,7 +550,7 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
                                 .size = strlen(body), .src = body, .content = mem_content, .content_id = hid};
             set_owner(&c, &e, 0, 0);
             r = ib_layer_add(c.lb, &e);
-            sb_add(&c.inputs, "src <<%s %s\n", hd->name, hid);
+            ib_strbuf_addf(&c.inputs, "src <<%s %s\n", hd->name, hid);
             free(dp);
             if (r < 0) goto out;
             nheredoc_src++;

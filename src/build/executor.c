@@ -7,6 +7,7 @@
 #include "build/dockerfile.h"
 #include "build/ignore.h"
 #include "common/error.h"
+#include "common/strbuf.h"
 #include "common/fs.h"
 #include "layer/apply.h"
 #include "layer/index.h"
@@ -79,28 +80,6 @@ static void kv_copy(kvlist *dst, const kvlist *src)
     for (size_t i = 0; i < src->n; i++) kv_set(dst, src->v[i].k, src->v[i].v);
 }
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} strbuf_t;
-
-static void sbuf_add(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sbuf_add(strbuf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *t;
-    int n = vasprintf(&t, fmt, ap);
-    va_end(ap);
-    if (n < 0) abort();
-    if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = (b->len + (size_t)n + 1) * 2;
-        b->s = ib_xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->len, t, (size_t)n + 1);
-    b->len += (size_t)n;
-    free(t);
-}
 
 /* ---------- build state ---------- */
 
@@ -919,16 +898,16 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
      * parent layers (BuildKit: RUN keys on the command and its parent). */
     char chain[IB_DIGEST_STRLEN + 1], key[IB_DIGEST_STRLEN + 1], cmdd[IB_DIGEST_STRLEN + 1];
     ib_cache_chain(chain, st->diff_ids, st->nlayers);
-    strbuf_t sb = {0};
-    sbuf_add(&sb, "instruction %s\nparent %s\n", in->original, chain);
-    for (size_t i = 0; i < na; i++) sbuf_add(&sb, "argv %zu:%s\n", strlen(argv[i]), argv[i]);
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, "instruction %s\nparent %s\n", in->original, chain);
+    for (size_t i = 0; i < na; i++) ib_strbuf_addf(&sb, "argv %zu:%s\n", strlen(argv[i]), argv[i]);
     for (size_t i = 0; i < env.n; i++) {
         char vd[IB_DIGEST_STRLEN + 1];
         const char *v = env.v[i].v ? env.v[i].v : "";
         ib_digest_buf(vd, v, strlen(v));
-        sbuf_add(&sb, "src $%s %s\n", env.v[i].k, vd);
+        ib_strbuf_addf(&sb, "src $%s %s\n", env.v[i].k, vd);
     }
-    sbuf_add(&sb, "user %s\nworkdir %s\nnetwork %s\ncompression %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
+    ib_strbuf_addf(&sb, "user %s\nworkdir %s\nnetwork %s\ncompression %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
              net_none ? "none" : "host", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_digest_buf(cmdd, sb.s, sb.len);
     ib_cache_key(key, chain, "run", cmdd);
