@@ -181,6 +181,10 @@ ib_build() {
         cat "$work/log.ib" >&2
         exit 1
     fi
+    # Everything outside the step lines: start-up, store reads, writing OUT.tar, removing the temp rootfs.
+    grep -oE '^#[0-9]+ .* [A-Z]+ [0-9.]+s' "$work/log.ib" | grep -oE ' [0-9.]+s$' | tr -d ' s' |
+        awk -v w="$(last ib)" '{ s += $1 } END { printf "%.3f\n", w - s }' >>"$work/t.ib_other"
+    cp "$work/log.ib" "$work/log.ib.$(wc -l <"$work/t.ib")"
     sed -n 1p <<<"$steps" >>"$work/t.ib_run1"
     sed -n 2p <<<"$steps" >>"$work/t.ib_run2"
     awk -v a="$(sed -n 1p <<<"$steps")" -v b="$(sed -n 2p <<<"$steps")" 'BEGIN{printf "%.3f\n", a-b}' \
@@ -253,11 +257,14 @@ PY
 ) || ib_files="not checked (could not read it)"
 
 # ---------------------------------------------------------------- report
+best_ib=$(awk -v b="$(best ib)" '$1 == b { print NR; exit }' "$work/t.ib")
 echo
 echo "== RUN benchmark: base of $n_base paths, 2 RUNs touching 10 files each, best of $runs, $(nproc) cores" \
     "(load average now: $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine inflates single runs)"
 echo "   imgbuild: $ib (build --no-cache, base loaded in the store; output tarball $ib_files)"
 echo "   buildah:  $(buildah --version | head -n1) (bud, vfs, chroot isolation, base in its storage; bud only)"
+echo "   imgbuild's fastest run (#$best_ib), --progress plain:"
+grep -E '^#[0-9]+ ' "$work/log.ib.$best_ib" | sed 's/^/   | /'
 printf '%-52s %8s %9s   %s\n' "measure" "best s" "ratio" "runs (s)"
 row() { printf '%-52s %8s %9s   %s\n' "$1" "$(best "$2")" "$3" "$(allruns "$2")"; }
 r_total=$(ratio "$(best ib)" "$(best bh)")
@@ -266,6 +273,7 @@ row "imgbuild build, whole (incl. writing OUT.tar)" ib "$r_total"
 row "  RUN 1 step (base rootfs unpack + run + snapshot)" ib_run1 ""
 row "  RUN 2 step (run + snapshot only)" ib_run2 ""
 row "  RUN 1 - RUN 2 (~ materialising the base rootfs)" ib_unpack ""
+row "  outside the steps (start, OUT.tar, temp cleanup)" ib_other ""
 if ((bh_ok)); then
     row "buildah bud (chroot, vfs)" bh ""
     echo "   (ratio = imgbuild whole build / buildah bud; buildah's time includes its full vfs copy of the"

@@ -313,6 +313,10 @@ int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_co
     struct archive *a = archive_write_new();
     struct archive_entry *ae = archive_entry_new();
     archive_write_set_format_pax_restricted(a);
+    /* Names are bytes (git stores bytes): never translate them through the
+     * builder's locale, which would fail on non-ASCII names in the C locale
+     * and make the layer depend on the environment. */
+    archive_write_set_format_option(a, "pax", "hdrcharset", "BINARY");
     if (archive_write_open2(a, &p, NULL, tar_write_cb, NULL, NULL) != ARCHIVE_OK) {
         r = ib_error_set(IB_ERR, "layer tar: %s", archive_error_string(a));
         goto out;

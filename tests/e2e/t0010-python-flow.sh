@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The Python dependency flow, offline: a debootstrapped Debian with python3 and
+# pip (built once, cached outside the repo) as the base image, a wheel this
+# test builds itself, `RUN --mount=type=cache,target=/root/.cache/pip pip
+# install --no-index --find-links … -r requirements.txt`, and a code-only
+# commit that reuses the installed-dependencies layer.
+. "$(dirname "$0")/lib.sh"
+
+PYTAR=$(bash "$IB_SRC/scripts/python-base.sh") || exit 1
+
+# Base image from the rootfs tarball (ADD extracts it, keeping modes and owners).
+P=$TMP/pybase
+mkdir -p "$P"
+ln "$PYTAR" "$P/rootfs.tar" 2>/dev/null || cp "$PYTAR" "$P/rootfs.tar"
+printf 'FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\n' >"$P/Dockerfile"
+(cd "$P" && ib --worktree --name local/pybase -o "$TMP/pybase.tar" -q >/dev/null && ib load "$TMP/pybase.tar" >/dev/null) || exit 1
+
+# The app: requirements pin a wheel the test makes, no index anywhere.
+R=$TMP/app
+new_repo "$R"
+mkdir -p "$R/wheels" "$R/app"
+python3 - "$R/wheels" <<'PY'
+import base64, hashlib, sys, zipfile
+files = {
+    "ibdemo/__init__.py": b'VERSION = "1.0"\n',
+    "ibdemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: ibdemo\nVersion: 1.0\n",
+    "ibdemo-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: imgbuild-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = ""
+for name, data in files.items():
+    h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record += f"{name},sha256={h},{len(data)}\n"
+record += "ibdemo-1.0.dist-info/RECORD,,\n"
+with zipfile.ZipFile(sys.argv[1] + "/ibdemo-1.0-py3-none-any.whl", "w") as z:
+    for name, data in files.items():
+        z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    z.writestr(zipfile.ZipInfo("ibdemo-1.0.dist-info/RECORD", (1980, 1, 1, 0, 0, 0)), record)
+PY
+echo 'ibdemo==1.0' >"$R/requirements.txt"
+printf 'import ibdemo\nprint("app on ibdemo", ibdemo.VERSION)\n' >"$R/app/__main__.py"
+cat >"$R/Dockerfile" <<'DF'
+FROM local/pybase:dirty
+WORKDIR /app
+COPY requirements.txt ./
+COPY wheels/ ./wheels/
+RUN --mount=type=cache,target=/root/.cache/pip pip install --break-system-packages --no-index --find-links /app/wheels -r requirements.txt
+COPY app/ ./app/
+CMD ["python3", "-m", "app"]
+DF
+commit_all "$R" app
+
+layer() { skopeo inspect --raw oci-archive:"$1" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][$2][\"digest\"])"; }
+
+test_expect_success 'pip installs the pinned wheel offline inside the sandbox, host PIP_* settings stay out' '
+    export PIP_REQUIRE_VIRTUALENV=true PIP_INDEX_URL=http://127.0.0.1:1/simple &&
+    (cd "$R" && ib -o "$TMP/a.tar" --progress plain >/dev/null) &&
+    grep -q "Successfully installed ibdemo-1.0" "$TMP/last.err" &&
+    unpack_image "$TMP/a.tar" "$TMP/ab" &&
+    test "$(chroot "$TMP/ab/rootfs" /usr/bin/python3 -c "import sys; sys.path.insert(0, \"/app\"); import runpy; runpy.run_module(\"app\", run_name=\"__main__\")")" = "app on ibdemo 1.0" &&
+    test ! -e "$TMP/ab/rootfs/root/.cache/pip/http"
+'
+
+test_expect_success 'a code-only commit reuses the dependency layer (RUN CACHED, same digest)' '
+    printf "import ibdemo\\nprint(\\"v2 on ibdemo\\", ibdemo.VERSION)\\n" >"$R/app/__main__.py" && commit_all "$R" code &&
+    (cd "$R" && ib -o "$TMP/b.tar" --progress plain >/dev/null) &&
+    grep -qE "RUN --mount=type=cache.* CACHED" "$TMP/last.err" &&
+    grep -qE "COPY app/ ./app/ +BUILT .*app/__main__.py changed" "$TMP/last.err" &&
+    for i in 0 1 2 3; do test "$(layer "$TMP/b.tar" $i)" = "$(layer "$TMP/a.tar" $i)" || exit 1; done &&
+    test "$(layer "$TMP/b.tar" 4)" != "$(layer "$TMP/a.tar" 4)"
+'
+
+test_expect_success 'a new pin reruns pip and says why' '
+    echo "# pinned again" >>"$R/requirements.txt" && commit_all "$R" deps &&
+    (cd "$R" && ib -o "$TMP/c.tar" --progress plain >/dev/null) &&
+    grep -qE "COPY requirements.txt ./ +BUILT .*requirements.txt changed" "$TMP/last.err" &&
+    grep -qE "RUN --mount=type=cache.* BUILT .*an earlier step changed" "$TMP/last.err" &&
+    grep -q "Successfully installed ibdemo-1.0" "$TMP/last.err"
+'
+
+test_done
