@@ -207,7 +207,7 @@ static void stage_init_empty(build *b, stage *st)
     st->history = json_array();
     st->os = ib_xstrdup(b->os);
     st->arch = ib_xstrdup(b->arch);
-    kv_set(&st->env, "PATH", DEFAULT_PATH + 5);
+    kv_set(&st->env, "PATH", &DEFAULT_PATH[5]);
 }
 
 static void env_from_json(kvlist *env, json_t *arr)
@@ -889,7 +889,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     kv_copy(&env, &st->env);
     for (size_t i = 0; i < st->args.n; i++)
         if (st->args.v[i].v && !kv_find(&env, st->args.v[i].k)) kv_set(&env, st->args.v[i].k, st->args.v[i].v);
-    if (!kv_find(&env, "PATH")) kv_set(&env, "PATH", DEFAULT_PATH + 5);
+    if (!kv_find(&env, "PATH")) kv_set(&env, "PATH", &DEFAULT_PATH[5]);
     char **envp = ib_xcalloc(env.n + 2, sizeof *envp);
     for (size_t i = 0; i < env.n; i++) envp[i] = ib_xasprintf("%s=%s", env.v[i].k, env.v[i].v ? env.v[i].v : "");
     const char *user = json_string_value(json_object_get(st->cfg, "User"));
