@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -1527,6 +1528,41 @@ static int parse_platform(build *b)
     return 0;
 }
 
+/* Removing an unpacked root filesystem (100k files) can take seconds on
+ * disks that discard synchronously. Rename it out of the way and let a
+ * detached child delete it, so the build ends when its output is written;
+ * whatever a killed child leaves is swept by the next store open. */
+static void discard_dir(const char *dir)
+{
+    char *trash = ib_xstrdup(dir);
+    char *slash = strrchr(trash, '/');
+    if (slash && !strncmp(slash + 1, "build-", 6)) memcpy(slash + 1, "trash", 5);
+    if (!slash || strcmp(trash, dir) == 0 || rename(dir, trash) < 0) {
+        ib_fs_rm_rf(dir);
+        free(trash);
+        return;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (fork() == 0) {
+            /* no inherited stdio: whoever reads our output must see EOF now */
+            int dn = open("/dev/null", O_RDWR);
+            if (dn >= 0) {
+                dup2(dn, 0);
+                dup2(dn, 1);
+                dup2(dn, 2);
+            }
+            setsid();
+            ib_fs_rm_rf(trash);
+        }
+        _exit(0);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+    else ib_fs_rm_rf(trash);
+    free(trash);
+}
+
 static const char *const proxy_args[] = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
                                          "ftp_proxy",  "NO_PROXY",   "no_proxy",    "ALL_PROXY",   "all_proxy"};
 
@@ -1691,7 +1727,7 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     struct stat sb;
     if (stat(res->output, &sb) == 0) res->output_size = (uint64_t)sb.st_size;
 out:
-    if (b->tmpdir) ib_fs_rm_rf(b->tmpdir);
+    if (b->tmpdir) discard_dir(b->tmpdir);
     free(b->tmpdir);
     for (size_t i = 0; i < b->nstages; i++) stage_free(&b->stages[i]);
     free(b->stages);

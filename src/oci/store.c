@@ -49,7 +49,9 @@ static void sweep_tmp(const char *tmp)
         if (de->d_name[0] == '.') continue;
         char *p = ib_xasprintf("%s/%s", tmp, de->d_name);
         struct stat st;
-        if (lstat(p, &st) == 0 && now - st.st_mtime > 24 * 3600) ib_fs_rm_rf(p);
+        /* trash-*: a finished build's scratch whose background removal was cut short */
+        if (lstat(p, &st) == 0 && (now - st.st_mtime > 24 * 3600 || (!strncmp(de->d_name, "trash", 5) && now - st.st_mtime > 600)))
+            ib_fs_rm_rf(p);
         free(p);
     }
     closedir(d);
