@@ -16,6 +16,7 @@ static const char usage[] =
     "       imgbuild pull REF [-o FILE]\n"
     "       imgbuild login HOST -u USER --password-stdin | imgbuild logout HOST\n"
     "       imgbuild cache ls|du|prune [--all] [--older-than DUR] [--keep-storage SIZE]\n"
+    "       imgbuild retag --commit-map FILE HOST/REPO   (sha tags after a history rewrite)\n"
     "       imgbuild --version | --help | <verb> --help\n"
     "\n"
     "Builds an OCI image tarball tagged sha-<commit> without a Docker daemon.\n"
@@ -80,7 +81,8 @@ int main(int argc, char **argv)
         if (!strcmp(v, "login")) return ib_cmd_login(argc - 1, argv + 1);
         if (!strcmp(v, "logout")) return ib_cmd_logout(argc - 1, argv + 1);
         if (!strcmp(v, "cache")) return ib_cmd_cache(argc - 1, argv + 1);
-        static const char *later[] = {"slim", "retag"};
+        if (!strcmp(v, "retag")) return ib_cmd_retag(argc - 1, argv + 1);
+        static const char *later[] = {"slim"};
         for (size_t i = 0; i < sizeof later / sizeof *later; i++)
             if (!strcmp(v, later[i]))
                 return ib_cli_usage_error("'%s' is not part of this version of imgbuild (see 'imgbuild --help')", v);
