@@ -915,6 +915,18 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
                                  st->name ? st->name : "-", (size_t)(in - b->df->instrs));
     int r = b->o->no_cache ? 0 : ib_cache_get(lr, b->cache, key);
+    for (size_t i = 0; r == 0 && !b->o->no_cache && i < b->nrfrom; i++) {
+        if (!b->rfrom[i]) continue;
+        r = ib_remote_cache_get(lr, b->rfrom[i], b->store, b->cache, key);
+        if (r == 1) snprintf(why, whysz, "from %s", ib_remote_cache_name(b->rfrom[i]));
+        if (r < 0) {
+            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
+                            ib_remote_cache_name(b->rfrom[i]), ib_error_last());
+            ib_remote_cache_free(b->rfrom[i]);
+            b->rfrom[i] = NULL;
+            r = 0;
+        }
+    }
     if (r == 1) {
         *hit = 1;
         r = 0;
@@ -980,6 +992,13 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     free(scratch);
 done:
     if (r == 0) ib_cache_record(b->cache, locator, sb.s);
+    if (r == 0 && b->rto) {
+        b->exports = ib_xrealloc(b->exports, (b->nexports + 1) * sizeof *b->exports);
+        struct exported *x = &b->exports[b->nexports++];
+        memcpy(x->key, key, sizeof x->key);
+        x->res = *lr;
+        x->created_by = ib_xstrdup(in->original);
+    }
     free(locator);
     free(sb.s);
     for (size_t i = 0; i < na; i++) free(argv[i]);

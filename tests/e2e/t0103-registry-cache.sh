@@ -43,6 +43,22 @@ test_expect_success 'a code-only commit on runner C: deps layer imported, app la
     grep -qE "COPY app/ /app/app/ +BUILT" "$TMP/last.err"
 '
 
+test_expect_success 'RUN layers travel through the registry cache too' '
+    B=$TMP/bb && new_repo "$B" && mkdir -p "$B/rootfs/bin" "$B/rootfs/tmp" && touch "$B/rootfs/tmp/.keep" &&
+    cp "$(command -v busybox)" "$B/rootfs/bin/busybox" && ln -s busybox "$B/rootfs/bin/sh" && ln -s busybox "$B/rootfs/bin/echo" &&
+    printf "FROM scratch\nCOPY rootfs/ /\n" >"$B/Dockerfile" && commit_all "$B" bb &&
+    (cd "$B" && ib --name local/bb -o "$TMP/bb.tar" -q >/dev/null) &&
+    BASE=local/bb:sha-$(git -C "$B" rev-parse HEAD) &&
+    W=$TMP/withrun && new_repo "$W" && printf "FROM %s\nRUN echo built-once > /tmp/marker\n" "$BASE" >"$W/Dockerfile" && commit_all "$W" w &&
+    export IMGBUILD_CACHE="$TMP/runner-e" && ib load "$TMP/bb.tar" >/dev/null &&
+    (cd "$W" && ib --plain-http --cache-to "$P_HOST/wepp/buildcache" -o "$TMP/w1.tar" --progress plain >/dev/null) &&
+    grep -qE "RUN echo built-once .* BUILT" "$TMP/last.err" &&
+    export IMGBUILD_CACHE="$TMP/runner-f" && ib load "$TMP/bb.tar" >/dev/null &&
+    (cd "$W" && ib --plain-http --cache-from "$P_HOST/wepp/buildcache" -o "$TMP/w2.tar" --progress plain >/dev/null) &&
+    grep -qE "RUN echo built-once .* CACHED .*from $P_HOST/wepp/buildcache" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/w2.tar")" = "$(digest_of "$TMP/w1.tar")"
+'
+
 test_expect_success 'an unreachable cache source is a warning, not a failure' '
     export IMGBUILD_CACHE="$TMP/runner-d" &&
     (cd "$R" && ib --plain-http --cache-from 127.0.0.1:1/wepp/buildcache -o "$TMP/d.tar" --progress plain >/dev/null) &&
