@@ -185,6 +185,12 @@ void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...)
         fprintf(p->out, "%s\n", s);
         free(s);
         json_decref(j);
+    } else if (p->mode == IB_PROG_TTY) {
+        /* Under the ticker's lock: clear the live line, print, and let the ticker redraw below. */
+        pthread_mutex_lock(&p->mu);
+        fprintf(p->out, "\r\033[K%s%s%s\n", strcmp(kind, "info") ? kind : "", strcmp(kind, "info") ? ": " : "", buf);
+        fflush(p->out);
+        pthread_mutex_unlock(&p->mu);
     } else {
         fprintf(p->out, "%s%s%s\n", strcmp(kind, "info") ? kind : "", strcmp(kind, "info") ? ": " : "", buf);
     }
