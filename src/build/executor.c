@@ -357,6 +357,17 @@ static void push_layer(stage *st, const ib_layer_result *lr)
 
 /* ---------- instructions ---------- */
 
+/* The config member key of obj, created (object, or array when array=1) if absent. */
+static json_t *cfg_member(json_t *obj, const char *key, int array)
+{
+    json_t *m = json_object_get(obj, key);
+    if (array ? !json_is_array(m) : !json_is_object(m)) {
+        m = array ? json_array() : json_object();
+        json_object_set_new(obj, key, m);
+    }
+    return m;
+}
+
 static int json_strings(json_t **out, build *b, stage *st, const ib_df_instr *in, size_t from, int expand_words)
 {
     json_t *a = json_array();
@@ -436,11 +447,7 @@ static int do_kv_list(build *b, stage *st, const ib_df_instr *in, int is_env)
 {
     json_t *labels = NULL;
     if (!is_env) {
-        labels = json_object_get(st->cfg, "Labels");
-        if (!json_is_object(labels)) {
-            labels = json_object();
-            json_object_set_new(st->cfg, "Labels", labels);
-        }
+        labels = cfg_member(st->cfg, "Labels", 0);
     }
     /* Docker expands every pair with the values in effect BEFORE this
      * instruction: ENV A=1 B=$A uses the old A. */
@@ -501,11 +508,7 @@ static int do_workdir(build *b, stage *st, const ib_df_instr *in)
 
 static int do_expose(build *b, stage *st, const ib_df_instr *in)
 {
-    json_t *ports = json_object_get(st->cfg, "ExposedPorts");
-    if (!json_is_object(ports)) {
-        ports = json_object();
-        json_object_set_new(st->cfg, "ExposedPorts", ports);
-    }
+    json_t *ports = cfg_member(st->cfg, "ExposedPorts", 0);
     for (size_t i = 0; i < in->nargs; i++) {
         char *p;
         int r = expand(&p, b, st, in->args[i], in->line);
@@ -535,11 +538,7 @@ static int do_expose(build *b, stage *st, const ib_df_instr *in)
 
 static int do_volume(build *b, stage *st, const ib_df_instr *in)
 {
-    json_t *vols = json_object_get(st->cfg, "Volumes");
-    if (!json_is_object(vols)) {
-        vols = json_object();
-        json_object_set_new(st->cfg, "Volumes", vols);
-    }
+    json_t *vols = cfg_member(st->cfg, "Volumes", 0);
     for (size_t i = 0; i < in->nargs; i++) {
         char *v;
         int r = in->json_form ? (v = ib_xstrdup(in->args[i]), 0) : expand(&v, b, st, in->args[i], in->line);
@@ -562,6 +561,48 @@ typedef struct {
     char *why; /* reason for a miss */
 } stage_ref;
 
+/* Where a step's inputs are remembered, to explain its next miss. */
+static char *step_locator(build *b, const stage *st, const ib_df_instr *in)
+{
+    return ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
+                        st->name ? st->name : "-", (size_t)(in - b->df->instrs));
+}
+
+/* Local cache, then the --cache-from registries. 1 on a hit (*from names the
+ * registry it came from, or NULL), 0 on a miss. A registry that cannot be
+ * read is a warning, not a failure, and is not asked again in this build. */
+static int cache_lookup(ib_layer_result *res, char **from, build *b, const char *key)
+{
+    *from = NULL;
+    if (b->o->no_cache) return 0;
+    int r = ib_cache_get(res, b->cache, key);
+    for (size_t i = 0; r == 0 && i < b->nrfrom; i++) {
+        if (!b->rfrom[i]) continue;
+        r = ib_remote_cache_get(res, b->rfrom[i], b->store, b->cache, key);
+        if (r == 1) {
+            *from = ib_xasprintf("from %s", ib_remote_cache_name(b->rfrom[i]));
+        } else if (r < 0) {
+            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
+                            ib_remote_cache_name(b->rfrom[i]), ib_error_last());
+            ib_remote_cache_free(b->rfrom[i]);
+            b->rfrom[i] = NULL;
+            r = 0;
+        }
+    }
+    return r;
+}
+
+/* Queues a layer for --cache-to, pushed once the image is written. */
+static void remember_export(build *b, const char *key, const ib_layer_result *res, const char *created_by)
+{
+    if (!b->rto) return;
+    b->exports = ib_xrealloc(b->exports, (b->nexports + 1) * sizeof *b->exports);
+    struct exported *x = &b->exports[b->nexports++];
+    memcpy(x->key, key, sizeof x->key);
+    x->res = *res;
+    x->created_by = ib_xstrdup(created_by);
+}
+
 /* The layer a COPY/ADD planned: served from the cache when its key is there,
  * else written (compressed) and remembered. */
 static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib_layer_result *res)
@@ -577,24 +618,8 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
     snprintf(comp, sizeof comp, "%s mtime=%lld", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_cache_key(key, chain, comp, entries);
     char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%s", sr->in->original, chain, comp, inputs);
-    char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
-                                 st->name ? st->name : "-", (size_t)(sr->in - b->df->instrs));
-    int r = 0;
-    if (!b->o->no_cache) r = ib_cache_get(res, b->cache, key);
-    for (size_t i = 0; r == 0 && !b->o->no_cache && i < b->nrfrom; i++) {
-        if (!b->rfrom[i]) continue;
-        r = ib_remote_cache_get(res, b->rfrom[i], b->store, b->cache, key);
-        if (r == 1) {
-            sr->why = ib_xasprintf("from %s", ib_remote_cache_name(b->rfrom[i]));
-        } else if (r < 0) {
-            /* A shared cache that cannot be read must not fail the build. */
-            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
-                            ib_remote_cache_name(b->rfrom[i]), ib_error_last());
-            ib_remote_cache_free(b->rfrom[i]);
-            b->rfrom[i] = NULL;
-            r = 0;
-        }
-    }
+    char *locator = step_locator(b, st, sr->in);
+    int r = cache_lookup(res, &sr->why, b, key);
     if (r == 1) {
         sr->hit = 1;
         r = 0;
@@ -603,13 +628,9 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
         r = ib_layer_write(res, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
         if (r == 0) r = ib_cache_put(b->cache, key, res, sr->in->original);
     }
-    if (r == 0) ib_cache_record(b->cache, locator, all);
-    if (r == 0 && b->rto) {
-        b->exports = ib_xrealloc(b->exports, (b->nexports + 1) * sizeof *b->exports);
-        struct exported *x = &b->exports[b->nexports++];
-        memcpy(x->key, key, sizeof x->key);
-        x->res = *res;
-        x->created_by = ib_xstrdup(sr->in->original);
+    if (r == 0) {
+        ib_cache_record(b->cache, locator, all);
+        remember_export(b, key, res, sr->in->original);
     }
     free(all);
     free(locator);
@@ -912,21 +933,11 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
              net_none ? "none" : "host", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_digest_buf(cmdd, sb.s, sb.len);
     ib_cache_key(key, chain, "run", cmdd);
-    char *locator = ib_xasprintf("%s|%s|%s|%zu", b->git.repo_root ? b->git.repo_root : "-", b->df_name,
-                                 st->name ? st->name : "-", (size_t)(in - b->df->instrs));
-    int r = b->o->no_cache ? 0 : ib_cache_get(lr, b->cache, key);
-    for (size_t i = 0; r == 0 && !b->o->no_cache && i < b->nrfrom; i++) {
-        if (!b->rfrom[i]) continue;
-        r = ib_remote_cache_get(lr, b->rfrom[i], b->store, b->cache, key);
-        if (r == 1) snprintf(why, whysz, "from %s", ib_remote_cache_name(b->rfrom[i]));
-        if (r < 0) {
-            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
-                            ib_remote_cache_name(b->rfrom[i]), ib_error_last());
-            ib_remote_cache_free(b->rfrom[i]);
-            b->rfrom[i] = NULL;
-            r = 0;
-        }
-    }
+    char *locator = step_locator(b, st, in);
+    char *from = NULL;
+    int r = cache_lookup(lr, &from, b, key);
+    if (from) snprintf(why, whysz, "%s", from);
+    free(from);
     if (r == 1) {
         *hit = 1;
         r = 0;
@@ -991,13 +1002,9 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     ib_fs_rm_rf(scratch);
     free(scratch);
 done:
-    if (r == 0) ib_cache_record(b->cache, locator, sb.s);
-    if (r == 0 && b->rto) {
-        b->exports = ib_xrealloc(b->exports, (b->nexports + 1) * sizeof *b->exports);
-        struct exported *x = &b->exports[b->nexports++];
-        memcpy(x->key, key, sizeof x->key);
-        x->res = *lr;
-        x->created_by = ib_xstrdup(in->original);
+    if (r == 0) {
+        ib_cache_record(b->cache, locator, sb.s);
+        remember_export(b, key, lr, in->original);
     }
     free(locator);
     free(sb.s);
@@ -1092,12 +1099,7 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         r = do_healthcheck(b, st, in);
         break;
     case IB_DF_ONBUILD: {
-        json_t *ob = json_object_get(st->cfg, "OnBuild");
-        if (!json_is_array(ob)) {
-            ob = json_array();
-            json_object_set_new(st->cfg, "OnBuild", ob);
-        }
-        json_array_append_new(ob, json_string(in->args[0]));
+        json_array_append_new(cfg_member(st->cfg, "OnBuild", 1), json_string(in->args[0]));
         break;
     }
     case IB_DF_RUN: {
@@ -1272,11 +1274,7 @@ static int write_image(build *b, stage *st, char *manifest_digest)
         free(e);
     }
     json_object_set_new(cfg, "Env", envj);
-    json_t *labels = json_object_get(cfg, "Labels");
-    if (!json_is_object(labels)) {
-        labels = json_object();
-        json_object_set_new(cfg, "Labels", labels);
-    }
+    json_t *labels = cfg_member(cfg, "Labels", 0);
     json_t *ann = json_object();
     if (b->git.sha[0]) json_object_set_new(ann, "org.opencontainers.image.revision", json_string(b->git.sha));
     if (b->git.origin) json_object_set_new(ann, "org.opencontainers.image.source", json_string(b->git.origin));
