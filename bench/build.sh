@@ -44,6 +44,10 @@ fi
 gtime=()
 [[ -x /usr/bin/time ]] && gtime=(/usr/bin/time -v -o)
 
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+btmp=${BENCH_TMP:-/tmp}
+bench_release_imgbuild build.sh
 work=$(mktemp -d "${BENCH_TMP:-/tmp}/imgbuild-bench.XXXXXX")
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() { if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "build.sh: kept $work" >&2; else rm -rf "$work"; fi; }
@@ -223,8 +227,6 @@ timed() {
         awk -F': *' '/Maximum resident set size/{print $2}' "$tv" >>"$work/rss.$name"
     fi
 }
-best() { [[ -s $work/t.$1 ]] && sort -g "$work/t.$1" | head -n1 || echo nan; }
-allruns() { [[ -s $work/t.$1 ]] && paste -sd' ' "$work/t.$1" || echo -; }
 maxrss_mb() { [[ -s $work/rss.$1 ]] && sort -g "$work/rss.$1" | tail -n1 | awk '{printf "%.1f", $1/1024}' || echo n/a; }
 sum_runs() { # sum_runs OUT A B: per-run A+B into t.OUT
     paste -d' ' "$work/t.$2" "$work/t.$3" | awk '{printf "%.3f\n", $1+$2}' >"$work/t.$1"
@@ -284,7 +286,6 @@ done
 sum_runs bh_warm bh_warm_bud bh_warm_push
 
 # ---------------------------------------------------------------- report
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0 && a == a+0) printf "%.3f", a/b; else print "n/a" }'; }
 r_cold=$(ratio "$(best ib_cold)" "$(best bh_cold)")
 r_cold_bud=$(ratio "$(best ib_cold)" "$(best bh_cold_bud)")
 r_warm=$(ratio "$(best ib_warm)" "$(best bh_warm)")

@@ -58,19 +58,9 @@ for t in git python3 openssl buildah awk cmake; do
 done
 
 # ---------------------------------------------------------------- 0. a release imgbuild
-is_sanitized() { grep -qaE '__asan_init|__ubsan_handle' "$1"; }
-if is_sanitized "$ib" || [[ ${BENCH_REBUILD:-0} == 1 ]]; then
-    rel=${BENCH_REL_DIR:-$btmp/ib-bench-rel}
-    echo "cache.sh: $ib is a sanitizer build; building a Release imgbuild in $rel" >&2
-    if ! { cmake -S "$root" -B "$rel" -DCMAKE_BUILD_TYPE=Release -DIB_SANITIZE=OFF &&
-        cmake --build "$rel" --target imgbuild -j "$(nproc)"; } >"$rel.log" 2>&1; then
-        tail -n 30 "$rel.log" >&2
-        echo "cache.sh: release build failed (log: $rel.log)" >&2
-        exit 1
-    fi
-    ib=$rel/imgbuild
-    is_sanitized "$ib" && echo "cache.sh: warning: $ib is still a sanitizer build" >&2
-fi
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+bench_release_imgbuild cache.sh
 
 work=$(mktemp -d "$btmp/imgbuild-cachebench.XXXXXX")
 # shellcheck disable=SC2317  # invoked by the trap
@@ -258,13 +248,9 @@ timed() {
     fi
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n", b-a}' >>"$work/t.$name"
 }
-last() { tail -n1 "$work/t.$1"; }
-best() { [[ -s $work/t.$1 ]] && sort -g "$work/t.$1" | head -n1 || echo nan; }
-allruns() { [[ -s $work/t.$1 ]] && paste -sd' ' "$work/t.$1" || echo -; }
 sum_runs() { # sum_runs OUT A B: per-run A+B into t.OUT
     paste -d' ' "$work/t.$2" "$work/t.$3" | awk '{printf "%.3f\n", $1+$2}' >"$work/t.$1"
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0 && a == a+0) printf "%.3f", a/b; else print "n/a" }'; }
 
 # imgbuild: one cache dir, restored from a snapshot (or emptied) before every run.
 ibcache=$work/ibcache

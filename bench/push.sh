@@ -55,19 +55,9 @@ gtime=()
 [[ -x /usr/bin/time ]] && gtime=(/usr/bin/time -v -o)
 
 # ---------------------------------------------------------------- 0. a release imgbuild
-is_sanitized() { grep -qaE '__asan_init|__ubsan_handle' "$1"; }
-if is_sanitized "$ib" || [[ ${BENCH_REBUILD:-0} == 1 ]]; then
-    rel=$btmp/ib-bench-rel
-    echo "push.sh: $ib is a sanitizer build; building a Release imgbuild in $rel" >&2
-    if ! { cmake -S "$root" -B "$rel" -DCMAKE_BUILD_TYPE=Release -DIB_SANITIZE=OFF &&
-        cmake --build "$rel" --target imgbuild -j "$(nproc)"; } >"$btmp/ib-bench-rel.log" 2>&1; then
-        tail -n 30 "$btmp/ib-bench-rel.log" >&2
-        echo "push.sh: release build failed (log: $btmp/ib-bench-rel.log)" >&2
-        exit 1
-    fi
-    ib=$rel/imgbuild
-    is_sanitized "$ib" && echo "push.sh: warning: $ib is still a sanitizer build" >&2
-fi
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+bench_release_imgbuild push.sh
 
 work=$(mktemp -d "$btmp/imgbuild-pushbench.XXXXXX")
 regpids=()
@@ -247,8 +237,6 @@ timed() {
     [[ -f $tv ]] && awk -F': *' '/Maximum resident set size/{print $2}' "$tv" >>"$work/rss.$name"
     return 0
 }
-last() { tail -n1 "$work/t.$1"; }
-best() { [[ -s $work/t.$1 ]] && sort -g "$work/t.$1" | head -n1 || echo nan; }
 allruns() { [[ -s $work/t.$1 ]] && awk '{printf "%s%.3f", (NR > 1 ? " " : ""), $1}' "$work/t.$1" || echo -; }
 nreq() { [[ -s $work/n.$1 ]] && sort -n "$work/n.$1" | uniq | paste -sd/ || echo -; }
 maxrss_mb() { [[ -s $work/rss.$1 ]] && sort -g "$work/rss.$1" | tail -n1 | awk '{printf "%.0f", $1/1024}' || echo -; }
@@ -295,7 +283,6 @@ for ((i = 1; i <= runs; i++)); do
 done
 
 # ---------------------------------------------------------------- report
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0 && a == a+0) printf "%.3f", a/b; else print "n/a" }'; }
 msec() { awk -v s="$1" 'BEGIN{ if (s == s+0) printf "%.0f", s*1000; else print "n/a" }'; }
 echo
 printf '== push benchmark: %.1f MB image, %d blobs, best of %d rounds (no-op: of %d), %d cores\n' \

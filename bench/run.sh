@@ -59,19 +59,9 @@ if [[ -z $BB ]] || ! file -L "$BB" 2>/dev/null | grep -q "statically linked"; th
 fi
 
 # ---------------------------------------------------------------- 0. a release imgbuild
-is_sanitized() { grep -qaE '__asan_init|__ubsan_handle' "$1"; }
-if is_sanitized "$ib" || [[ ${BENCH_REBUILD:-0} == 1 ]]; then
-    rel=${BENCH_REL_DIR:-$btmp/ib-bench-rel}
-    echo "run.sh: $ib is a sanitizer build; building a Release imgbuild in $rel" >&2
-    if ! { cmake -S "$root" -B "$rel" -DCMAKE_BUILD_TYPE=Release -DIB_SANITIZE=OFF &&
-        cmake --build "$rel" --target imgbuild -j "$(nproc)"; } >"$rel.log" 2>&1; then
-        tail -n 30 "$rel.log" >&2
-        echo "run.sh: release build failed (log: $rel.log)" >&2
-        exit 1
-    fi
-    ib=$rel/imgbuild
-    is_sanitized "$ib" && echo "run.sh: warning: $ib is still a sanitizer build" >&2
-fi
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+bench_release_imgbuild run.sh
 
 work=$(mktemp -d "$btmp/imgbuild-runbench.XXXXXX")
 # shellcheck disable=SC2317  # invoked by the trap
@@ -158,10 +148,6 @@ timed() {
     if ((rc)); then return "$rc"; fi
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n", b-a}' >>"$work/t.$name"
 }
-last() { tail -n1 "$work/t.$1"; }
-best() { [[ -s $work/t.$1 ]] && sort -g "$work/t.$1" | head -n1 || echo nan; }
-allruns() { [[ -s $work/t.$1 ]] && paste -sd' ' "$work/t.$1" || echo -; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0 && a == a+0) printf "%.3f", a/b; else print "n/a" }'; }
 
 # ---------------------------------------------------------------- 2a. imgbuild
 out_ib=$work/ib-out.tar
