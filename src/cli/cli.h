@@ -16,6 +16,7 @@ int ib_cmd_login(int argc, char **argv);
 int ib_cmd_logout(int argc, char **argv);
 int ib_cmd_cache(int argc, char **argv);
 int ib_cmd_retag(int argc, char **argv);
+int ib_cmd_slim(int argc, char **argv);
 
 /* Registry transport flags shared by every networked verb (contract):
  * --plain-http, --ca-file PATH, --insecure, --authfile PATH, -j/--jobs N. */

@@ -16,6 +16,7 @@ static const char usage[] =
     "       imgbuild pull REF [-o FILE]\n"
     "       imgbuild login HOST -u USER --password-stdin | imgbuild logout HOST\n"
     "       imgbuild cache ls|du|prune [--all] [--older-than DUR] [--keep-storage SIZE]\n"
+    "       imgbuild slim [REPO] --path P... --export-to DIR [--analyze] [--dry-run]   (strip data from history)\n"
     "       imgbuild retag --commit-map FILE HOST/REPO   (sha tags after a history rewrite)\n"
     "       imgbuild --version | --help | <verb> --help\n"
     "\n"
@@ -82,10 +83,7 @@ int main(int argc, char **argv)
         if (!strcmp(v, "logout")) return ib_cmd_logout(argc - 1, argv + 1);
         if (!strcmp(v, "cache")) return ib_cmd_cache(argc - 1, argv + 1);
         if (!strcmp(v, "retag")) return ib_cmd_retag(argc - 1, argv + 1);
-        static const char *later[] = {"slim"};
-        for (size_t i = 0; i < sizeof later / sizeof *later; i++)
-            if (!strcmp(v, later[i]))
-                return ib_cli_usage_error("'%s' is not part of this version of imgbuild (see 'imgbuild --help')", v);
+        if (!strcmp(v, "slim")) return ib_cmd_slim(argc - 1, argv + 1);
     }
     /* build is the default verb: `imgbuild --tag $(git rev-parse HEAD)` */
     return ib_cmd_build(argc, argv);

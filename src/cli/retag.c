@@ -80,7 +80,8 @@ int ib_cmd_retag(int argc, char **argv)
             break;
         }
         pairs++;
-        if (!strcmp(old, nw)) continue;
+        /* pruned commits map to 40 zeros: they have no new commit to tag */
+        if (!strcmp(old, nw) || strspn(nw, "0") == 40) continue;
         char *ot = ib_xasprintf("sha-%s", old), *nt = ib_xasprintf("sha-%s", nw);
         char od[IB_DIGEST_STRLEN + 1] = "", nd[IB_DIGEST_STRLEN + 1] = "";
         int h = ib_registry_manifest_head(od, reg, dest.repo, ot);

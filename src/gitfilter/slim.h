@@ -1,0 +1,33 @@
+/* `imgbuild slim`: the whole one-time procedure, in the order that makes it
+ * safe: sanity check (a fresh clone, as git filter-repo insists), compute the
+ * new history in memory, export what it removes and verify the export,
+ * bundle the old history, then move the refs, check out the new HEAD and
+ * shrink .git. The CLI only parses flags and prints the lines reported here. */
+#ifndef IB_GITFILTER_SLIM_H
+#define IB_GITFILTER_SLIM_H
+
+#include "gitfilter/filter.h"
+
+typedef struct {
+    const char *repo;          /* worktree or bare repository */
+    const ib_gf_filter *filter;
+    const char *export_dir;    /* required unless dry_run */
+    int export_all_versions;
+    int dry_run;
+    int force;                 /* skip the fresh-clone check */
+    const char *backup;        /* bundle path; NULL: <repo>.pre-slim.bundle beside the repo */
+    int no_backup;
+    int no_gc;
+    int prune_empty, prune_degenerate; /* IB_GF_PRUNE_* */
+} ib_gf_slim_opts;
+
+/* Receives one finished report line at a time ("export: …", "rewrite: …"). */
+typedef void (*ib_gf_slim_say)(void *ud, const char *line);
+
+int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say say, void *ud);
+
+/* --analyze: writes <gitdir>/imgbuild-slim/analysis/ and returns the report
+ * (malloc'd). filter may have no rules (then no estimate is made). */
+int ib_gf_slim_analyze(char **report, const char *repo, const ib_gf_filter *filter);
+
+#endif
