@@ -43,6 +43,7 @@ static const char help[] =
     "                                 (default: REPO.pre-slim.bundle beside the repository)\n"
     "      --no-backup                no bundle (the remote still has the old history)\n"
     "      --no-gc                    do not expire reflogs and repack afterwards\n"
+    "      --no-replace-refs          do not add refs/replace/<old> -> <new> (filter-repo adds them)\n"
     "      --progress MODE            auto|plain|json\n"
     "  -q, --quiet                    only errors\n";
 
@@ -61,6 +62,7 @@ enum {
     O_BACKUP,
     O_NOBACKUP,
     O_NOGC,
+    O_NOREPLACE,
     O_PROGRESS
 };
 
@@ -82,6 +84,7 @@ int ib_cmd_slim(int argc, char **argv)
                                          {"backup", required_argument, 0, O_BACKUP},
                                          {"no-backup", no_argument, 0, O_NOBACKUP},
                                          {"no-gc", no_argument, 0, O_NOGC},
+                                         {"no-replace-refs", no_argument, 0, O_NOREPLACE},
                                          {"progress", required_argument, 0, O_PROGRESS},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
@@ -116,6 +119,7 @@ int ib_cmd_slim(int argc, char **argv)
         case O_BACKUP: o.backup = optarg; break;
         case O_NOBACKUP: o.no_backup = 1; break;
         case O_NOGC: o.no_gc = 1; break;
+        case O_NOREPLACE: o.no_replace_refs = 1; break;
         case O_PROGRESS:
             if (ib_progress_parse(&mode, optarg) < 0) rc = ib_cli_fail(IB_EUSAGE);
             break;

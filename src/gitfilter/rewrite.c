@@ -3,10 +3,12 @@
 #include "common/fs.h"
 #include "gitfilter/oidmap.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 /* ---- small growable buffers ------------------------------------------- */
@@ -497,16 +499,13 @@ static int process_commit(ib_gf_rewrite *w, const git_oid *id)
         ci->to = new1st >= 0 ? new1st : (nfin > 0 ? fin[0] : -1);
         w->st.pruned++;
     } else {
-        /* exact duplicate parents are dropped, as git commit-tree does */
+        /* Duplicate parents stay when --prune-degenerate never keeps them:
+         * fast-import writes them too, and the ids must match filter-repo's. */
         git_oid pids[nfin > 0 ? nfin : 1];
         int npid = 0;
         ci->par_off = w->par.n;
         ci->gen = 1;
         for (int k = 0; k < nfin; k++) {
-            int dup = 0;
-            for (int j = 0; j < k; j++)
-                if (fin[j] == fin[k]) dup = 1;
-            if (dup) continue;
             git_oid_cpy(&pids[npid++], &w->c[fin[k]].new_id);
             ivec_push(&w->par, fin[k]);
             if (w->c[fin[k]].gen + 1 > ci->gen) ci->gen = w->c[fin[k]].gen + 1;
@@ -772,26 +771,23 @@ static int write_pack(ib_gf_rewrite *w)
 {
     size_t count = 0;
     for (size_t i = 0; i < w->nobj; i++) {
-        w->obj[i].type = git_odb_exists(w->odb, &w->obj[i].id) ? GIT_OBJECT_INVALID : w->obj[i].type;
+        /* NO_REFRESH: a miss would otherwise rescan the pack directory */
+        if (git_odb_exists_ext(w->odb, &w->obj[i].id, GIT_ODB_LOOKUP_NO_REFRESH)) w->obj[i].type = GIT_OBJECT_INVALID;
         if (w->obj[i].type != GIT_OBJECT_INVALID) count++;
     }
     w->st.objects = count;
     if (count == 0) return 0;
-    git_odb_writepack *wp;
-    if (git_odb_write_pack(&wp, w->odb, NULL, NULL) < 0) return git_fail(IB_ERR, "writing the new pack");
-    git_indexer_progress prog = {0};
-    EVP_MD_CTX *sha = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(sha, EVP_sha1(), NULL);
-    int rc = 0;
+    /* The pack is built in memory and handed to the indexer in one piece:
+     * one append per object costs a write(2) each, which dominated the
+     * rewrite on thousands of commits. */
+    buf pack = {0};
     unsigned char hdr[12] = {'P', 'A', 'C', 'K', 0, 0, 0, 2};
     hdr[8] = (unsigned char)(count >> 24);
     hdr[9] = (unsigned char)(count >> 16);
     hdr[10] = (unsigned char)(count >> 8);
     hdr[11] = (unsigned char)count;
-    EVP_DigestUpdate(sha, hdr, sizeof hdr);
-    if (wp->append(wp, hdr, sizeof hdr, &prog) < 0) rc = git_fail(IB_ERR, "writing the new pack");
-    unsigned char *z = NULL;
-    size_t zcap = 0;
+    buf_put(&pack, hdr, sizeof hdr);
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < w->nobj; i++) {
         new_object *o = &w->obj[i];
         if (o->type == GIT_OBJECT_INVALID) continue;
@@ -805,28 +801,28 @@ static int write_pack(ib_gf_rewrite *w)
             sz >>= 7;
         }
         oh[ol++] = b;
+        buf_put(&pack, oh, ol);
         uLongf zl = compressBound((uLong)o->len);
-        if (zl > zcap) {
-            zcap = zl;
-            z = ib_xrealloc(z, zcap);
+        if (pack.len + zl + 1 > pack.cap) {
+            pack.cap = (pack.len + zl + 1) * 2;
+            pack.s = ib_xrealloc(pack.s, pack.cap);
         }
-        if (compress2(z, &zl, (const Bytef *)o->data, (uLong)o->len, 1) != Z_OK) {
+        if (compress2((Bytef *)pack.s + pack.len, &zl, (const Bytef *)o->data, (uLong)o->len, 1) != Z_OK)
             rc = ib_error_set(IB_ERR, "compressing an object");
-            break;
-        }
-        EVP_DigestUpdate(sha, oh, ol);
-        EVP_DigestUpdate(sha, z, zl);
-        if (wp->append(wp, oh, ol, &prog) < 0 || wp->append(wp, z, zl, &prog) < 0)
-            rc = git_fail(IB_ERR, "writing the new pack");
+        pack.len += zl;
     }
     unsigned char trailer[EVP_MAX_MD_SIZE];
     unsigned tl = 0;
-    EVP_DigestFinal_ex(sha, trailer, &tl);
-    EVP_MD_CTX_free(sha);
-    free(z);
-    if (rc == 0 && wp->append(wp, trailer, tl, &prog) < 0) rc = git_fail(IB_ERR, "writing the new pack");
+    if (rc == 0 && !EVP_Digest(pack.s, pack.len, trailer, &tl, EVP_sha1(), NULL))
+        rc = ib_error_set(IB_ERR, "hashing the new pack");
+    if (rc == 0) buf_put(&pack, trailer, tl);
+    git_odb_writepack *wp = NULL;
+    git_indexer_progress prog = {0};
+    if (rc == 0 && git_odb_write_pack(&wp, w->odb, NULL, NULL) < 0) rc = git_fail(IB_ERR, "writing the new pack");
+    if (rc == 0 && wp->append(wp, pack.s, pack.len, &prog) < 0) rc = git_fail(IB_ERR, "writing the new pack");
     if (rc == 0 && wp->commit(wp, &prog) < 0) rc = git_fail(IB_ERR, "indexing the new pack");
-    wp->free(wp);
+    if (wp) wp->free(wp);
+    free(pack.s);
     if (rc == 0 && git_odb_refresh(w->odb) < 0) rc = git_fail(IB_ERR, "refreshing the object database");
     return rc;
 }
@@ -877,6 +873,104 @@ static int write_maps(ib_gf_rewrite *w, const char *mapdir)
     return rc;
 }
 
+typedef struct {
+    const char *name;
+    size_t nlen;
+    const char *text; /* the ref line and its "^peeled" line, if any */
+    size_t len;
+} packed_line;
+
+static int cmp_packed(const void *a, const void *b)
+{
+    const packed_line *x = a, *y = b;
+    size_t n = x->nlen < y->nlen ? x->nlen : y->nlen;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->nlen > y->nlen) - (x->nlen < y->nlen);
+}
+
+/* refs/replace/<old> for every rewritten commit, written straight into
+ * packed-refs (under git's packed-refs.lock): thousands of loose ref files
+ * through the ref transaction took longer than the whole rewrite. */
+static int add_replace_refs(ib_gf_rewrite *w)
+{
+    const char *common = git_repository_commondir(w->repo);
+    char *path = ib_xasprintf("%spacked-refs", common), *lock = ib_xasprintf("%s.lock", path);
+    int fd = open(lock, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int rc = ib_error_errno(IB_ERR, "%s (is another git command running?)", lock);
+        free(path);
+        free(lock);
+        return rc;
+    }
+    ib_fs_tmp_register(lock);
+    char *old = NULL;
+    size_t olen = 0;
+    if (ib_fs_exists(path) && ib_fs_read_all(&old, &olen, path, (size_t)1 << 31) < 0) olen = 0;
+    size_t cap = w->nc + 64, n = 0;
+    packed_line *v = ib_xmalloc(cap * sizeof *v);
+    const char *header = "# pack-refs with: peeled fully-peeled sorted \n";
+    size_t hlen = strlen(header);
+    for (size_t off = 0; off < olen;) {
+        const char *line = old + off, *nl = memchr(line, '\n', olen - off);
+        size_t len = nl ? (size_t)(nl - line) + 1 : olen - off;
+        off += len;
+        if (line[0] == '#') {
+            header = line;
+            hlen = len;
+        } else if (line[0] == '^' && n > 0) {
+            v[n - 1].len += len; /* peeled line follows its ref */
+        } else if (len > GIT_OID_HEXSZ + 1) {
+            if (n == cap) v = ib_xrealloc(v, (cap *= 2) * sizeof *v);
+            v[n].name = line + GIT_OID_HEXSZ + 1;
+            v[n].nlen = len - GIT_OID_HEXSZ - 1 - (nl ? 1 : 0);
+            v[n].text = line;
+            v[n].len = len;
+            n++;
+        }
+    }
+    buf names = {0};
+    for (size_t i = 0; i < w->nc; i++) {
+        const commit_info *ci = &w->c[i];
+        if (ci->to != (int)i || git_oid_equal(&ci->old_id, &ci->new_id)) continue;
+        char name[64];
+        snprintf(name, sizeof name, "refs/replace/%s", git_oid_tostr_s(&ci->old_id));
+        if (has_ref(w, name)) continue; /* an existing replace ref was rewritten with the others */
+        buf_oid(&names, &ci->new_id);
+        buf_puts(&names, " ");
+        buf_puts(&names, name);
+        buf_puts(&names, "\n");
+    }
+    /* pointers into names are taken once it has stopped growing */
+    for (size_t off = 0; off < names.len;) {
+        const char *line = names.s + off, *nl = memchr(line, '\n', names.len - off);
+        size_t len = (size_t)(nl - line) + 1;
+        if (n == cap) v = ib_xrealloc(v, (cap *= 2) * sizeof *v);
+        v[n].name = line + GIT_OID_HEXSZ + 1;
+        v[n].nlen = len - GIT_OID_HEXSZ - 2;
+        v[n].text = line;
+        v[n].len = len;
+        n++;
+        off += len;
+    }
+    qsort(v, n, sizeof *v, cmp_packed);
+    buf out = {0};
+    buf_put(&out, header, hlen);
+    for (size_t i = 0; i < n; i++) buf_put(&out, v[i].text, v[i].len);
+    int rc = 0;
+    if (write(fd, out.s, out.len) != (ssize_t)out.len || fsync(fd) < 0) rc = ib_error_errno(IB_ERR, "%s", lock);
+    close(fd);
+    if (rc == 0 && rename(lock, path) < 0) rc = ib_error_errno(IB_ERR, "%s", path);
+    if (rc < 0) unlink(lock);
+    ib_fs_tmp_forget(lock);
+    free(out.s);
+    free(names.s);
+    free(v);
+    free(old);
+    free(path);
+    free(lock);
+    return rc;
+}
+
 int ib_gf_rewrite_apply(ib_gf_rewrite *w, const char *mapdir)
 {
     int rc = write_pack(w);
@@ -904,6 +998,7 @@ int ib_gf_rewrite_apply(ib_gf_rewrite *w, const char *mapdir)
     if (rc == 0 && git_transaction_commit(tx) < 0) rc = git_fail(IB_ERR, "updating refs");
     git_transaction_free(tx);
     git_signature_free(sig);
+    if (rc == 0 && w->o.replace_refs) rc = add_replace_refs(w);
     if (rc == 0 && w->head_detached && !git_oid_is_zero(&w->head_new) &&
         git_repository_set_head_detached(w->repo, &w->head_new) < 0)
         rc = git_fail(IB_ERR, "moving the detached HEAD");

@@ -28,6 +28,10 @@ typedef struct {
     /* As filter-repo in a fresh clone: refs/remotes/origin/X becomes
      * refs/heads/X, refs/remotes/origin/HEAD goes away. */
     int migrate_origin;
+    /* As filter-repo's default (--replace-refs update-and-add): for every
+     * rewritten commit, refs/replace/<old> -> <new>, so that old ids (in
+     * image tags, tickets, CI logs) still resolve in git. */
+    int replace_refs;
 } ib_gf_rewrite_opts;
 
 typedef struct {

@@ -466,7 +466,8 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
     ib_gf_rewrite_opts ro = {.filter = o->filter,
                              .prune_empty = o->prune_empty,
                              .prune_degenerate = o->prune_degenerate,
-                             .migrate_origin = 1};
+                             .migrate_origin = 1,
+                             .replace_refs = !o->no_replace_refs};
     rc = ib_gf_rewrite_compute(&rw, repo, &ro, NULL, NULL);
     if (rc < 0) goto out;
     double t_compute = ib_now() - tr0;
@@ -477,13 +478,18 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
         rc = git_fail(IB_ERR, "opening the object database");
         goto out;
     }
+    double tl0 = ib_now();
     rc = build_export_list(&l, o->filter, o->export_all_versions);
     if (rc < 0) goto out;
+    double t_list = ib_now() - tl0;
     ib_human_size(hb, l.bytes);
     if (o->dry_run) {
-        say(cb, ud, "would export: %zu files, %s to %s", l.n, hb, o->export_dir ? o->export_dir : "(--export-to)");
-        say(cb, ud, "would rewrite: %zu commits, %zu kept, %zu pruned, %zu changed, %zu refs updated, %zu deleted",
-            st->commits, st->kept, st->pruned, st->changed, st->refs_updated, st->refs_deleted);
+        say(cb, ud, "would export: %zu files, %s to %s (listed in %.3f s)", l.n, hb,
+            o->export_dir ? o->export_dir : "(--export-to)", t_list);
+        say(cb, ud,
+            "would rewrite: %zu commits, %zu kept, %zu pruned, %zu changed, %zu refs updated, %zu deleted "
+            "(computed in %.3f s)",
+            st->commits, st->kept, st->pruned, st->changed, st->refs_updated, st->refs_deleted, t_compute);
         if (st->changed == 0 && l.n == 0) say(cb, ud, "nothing matches the filters: the history would stay as it is");
         goto out;
     }

@@ -18,6 +18,7 @@ typedef struct {
     const char *backup;        /* bundle path; NULL: <repo>.pre-slim.bundle beside the repo */
     int no_backup;
     int no_gc;
+    int no_replace_refs;
     int prune_empty, prune_degenerate; /* IB_GF_PRUNE_* */
 } ib_gf_slim_opts;
 
