@@ -674,6 +674,105 @@ static int has_ref(const ib_gf_rewrite *w, const char *name)
     return 0;
 }
 
+/* ---- notes --------------------------------------------------------------- */
+
+typedef struct {
+    ib_gf_rewrite *w;
+    char (*name)[GIT_OID_HEXSZ + 1];
+    git_oid *blob;
+    size_t n, cap;
+    int moved;
+} notes_ctx;
+
+static int note_cb(const git_oid *blob, const git_oid *annotated, void *ud)
+{
+    notes_ctx *x = ud;
+    ib_gf_rewrite *w = x->w;
+    uint64_t sz, ci;
+    if (w->max_blob && blob_size(w, blob, &sz) == 0 && sz > w->max_blob) {
+        x->moved = 1; /* the size rule strips note blobs as it strips any blob */
+        return 0;
+    }
+    const git_oid *key = annotated;
+    if (ib_oidmap_get(w->cidx, annotated, &ci) && w->c[ci].to == (int)ci &&
+        !git_oid_equal(&w->c[ci].new_id, annotated)) {
+        key = &w->c[ci].new_id;
+        x->moved = 1;
+    }
+    if (x->n == x->cap) {
+        x->cap = x->cap ? x->cap * 2 : 64;
+        x->name = ib_xrealloc(x->name, x->cap * sizeof *x->name);
+        x->blob = ib_xrealloc(x->blob, x->cap * sizeof *x->blob);
+    }
+    git_oid_tostr(x->name[x->n], GIT_OID_HEXSZ + 1, key);
+    git_oid_cpy(&x->blob[x->n], blob);
+    x->n++;
+    return 0;
+}
+
+static int cmp_note(const void *a, const void *b, void *names)
+{
+    char(*n)[GIT_OID_HEXSZ + 1] = names;
+    return strcmp(n[*(const size_t *)a], n[*(const size_t *)b]);
+}
+
+/* Notes are keyed by the id of the commit they annotate. The notes history
+ * itself is rewritten like any branch (as filter-repo does); on top of it one
+ * commit re-keys every note to its commit's new id, so `git log --notes`
+ * keeps showing them. Notes of pruned commits keep their old key. */
+static int rekey_notes(ib_gf_rewrite *w, ref_plan *p)
+{
+    notes_ctx x = {.w = w};
+    if (git_note_foreach(w->repo, p->orig_name, note_cb, &x) < 0) {
+        git_error_clear(); /* not a notes tree after all: leave it as rewritten */
+        free(x.name);
+        free(x.blob);
+        return 0;
+    }
+    int rc = 0;
+    if (x.moved) {
+        size_t *ord = ib_xmalloc((x.n ? x.n : 1) * sizeof *ord);
+        for (size_t i = 0; i < x.n; i++) ord[i] = i;
+        qsort_r(ord, x.n, sizeof *ord, cmp_note, x.name);
+        buf tree = {0};
+        for (size_t i = 0; i < x.n; i++) {
+            buf_puts(&tree, "100644 ");
+            buf_put(&tree, x.name[ord[i]], GIT_OID_HEXSZ + 1);
+            buf_put(&tree, x.blob[ord[i]].id, GIT_OID_RAWSZ);
+        }
+        free(ord);
+        git_oid tid;
+        add_object(w, GIT_OBJECT_TREE, tree.s ? tree.s : ib_xcalloc(1, 1), tree.len, &tid);
+        git_commit *tip;
+        if (git_commit_lookup(&tip, w->repo, &p->old) < 0) {
+            rc = git_fail(IB_ECORRUPT, "reading a notes commit");
+        } else {
+            buf b = {0};
+            buf_puts(&b, "tree ");
+            buf_oid(&b, &tid);
+            buf_puts(&b, "\n");
+            if (!git_oid_is_zero(&p->new)) {
+                buf_puts(&b, "parent ");
+                buf_oid(&b, &p->new);
+                buf_puts(&b, "\n");
+            }
+            /* the tip's own identity and time: the result stays a function of the input */
+            for (const char *h = git_commit_raw_header(tip); h && *h;) {
+                const char *nl = strchr(h, '\n');
+                size_t len = nl ? (size_t)(nl - h) + 1 : strlen(h);
+                if (!strncmp(h, "author ", 7) || !strncmp(h, "committer ", 10)) buf_put(&b, h, len);
+                h += len;
+            }
+            buf_puts(&b, "\nNotes re-keyed to the rewritten commits (imgbuild slim)\n");
+            add_object(w, GIT_OBJECT_COMMIT, b.s, b.len, &p->new);
+            git_commit_free(tip);
+        }
+    }
+    free(x.name);
+    free(x.blob);
+    return rc;
+}
+
 static int plan_refs(ib_gf_rewrite *w)
 {
     for (size_t i = 0; i < w->nrefs; i++) {
@@ -692,6 +791,7 @@ static int plan_refs(ib_gf_rewrite *w)
         }
         if (p->symbolic) continue;
         int rc = map_object(w, &p->old, &p->new, 0);
+        if (rc == 0 && !strncmp(p->orig_name, "refs/notes/", 11)) rc = rekey_notes(w, p);
         if (rc < 0) return rc;
         if (p->drop || git_oid_is_zero(&p->new)) w->st.refs_deleted += !p->drop;
         else if (!git_oid_equal(&p->old, &p->new) || strcmp(p->name, p->orig_name)) w->st.refs_updated++;
