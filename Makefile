@@ -34,6 +34,7 @@ bench: build test-deps
 	@bash bench/push.sh $(BUILD)/imgbuild
 	@bash bench/cache.sh $(BUILD)/imgbuild
 	@if [ -f bench/run.sh ]; then bash bench/run.sh $(BUILD)/imgbuild; fi
+	@bash bench/slim.sh $(BUILD)/imgbuild
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)

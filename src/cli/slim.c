@@ -151,6 +151,12 @@ int ib_cmd_slim(int argc, char **argv)
     }
 
     git_libgit2_init();
+    /* Pack windows are file-backed mmaps; on a multi-GB repository they would
+     * otherwise all stay mapped (and count as resident) until exit. */
+    git_libgit2_opts(GIT_OPT_SET_MWINDOW_MAPPED_LIMIT, (size_t)128 << 20);
+    /* The rewrite memoises what it needs itself; libgit2's object cache
+     * (256 MB by default) would mostly hold trees it never asks for again. */
+    git_libgit2_opts(GIT_OPT_SET_CACHE_MAX_SIZE, (ssize_t)32 << 20);
     if (analyze) {
         char *report = NULL;
         if (ib_gf_slim_analyze(&report, o.repo, f) < 0) rc = ib_cli_fail(IB_ERR);
