@@ -6,6 +6,7 @@
 #include "gitfilter/slim.h"
 
 #include <getopt.h>
+#include <malloc.h>
 #include <git2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,12 @@ int ib_cmd_slim(int argc, char **argv)
         return rc;
     }
 
+    /* The rewrite allocates and frees hundreds of thousands of small tree
+     * buffers; glibc would hand memory back to the kernel after each burst
+     * and fault it in again, which on these VMs cost more than the work. */
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_TOP_PAD, 64 << 20);
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
     git_libgit2_init();
     /* Pack windows are file-backed mmaps; on a multi-GB repository they would
      * otherwise all stay mapped (and count as resident) until exit. */

@@ -2,6 +2,7 @@
 #include "common/error.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
@@ -230,17 +231,20 @@ int ib_fs_realpath(char **out, const char *path)
     return 0;
 }
 
-/* Fixed slots, so the signal handler touches no allocator. */
-#define TMP_SLOTS 16
+/* Fixed slots, so the signal handler touches no allocator. A slot is taken
+ * with a compare-and-swap (free -> claimed -> used) because export threads
+ * register temp files concurrently; lock-free atomics are async-signal-safe. */
+#define TMP_SLOTS 32
 static char tmp_slots[TMP_SLOTS][4096];
-static volatile sig_atomic_t tmp_used[TMP_SLOTS];
+static atomic_int tmp_used[TMP_SLOTS]; /* 0 free, 1 used, 2 being filled */
 
 void ib_fs_tmp_register(const char *path)
 {
     for (int i = 0; i < TMP_SLOTS; i++) {
-        if (tmp_used[i]) continue;
+        int expect = 0;
+        if (!atomic_compare_exchange_strong(&tmp_used[i], &expect, 2)) continue;
         snprintf(tmp_slots[i], sizeof tmp_slots[i], "%s", path);
-        tmp_used[i] = 1;
+        atomic_store(&tmp_used[i], 1);
         return;
     }
 }
@@ -248,13 +252,13 @@ void ib_fs_tmp_register(const char *path)
 void ib_fs_tmp_forget(const char *path)
 {
     for (int i = 0; i < TMP_SLOTS; i++)
-        if (tmp_used[i] && !strcmp(tmp_slots[i], path)) tmp_used[i] = 0;
+        if (atomic_load(&tmp_used[i]) == 1 && !strcmp(tmp_slots[i], path)) atomic_store(&tmp_used[i], 0);
 }
 
 static void on_signal(int sig)
 {
     for (int i = 0; i < TMP_SLOTS; i++)
-        if (tmp_used[i]) unlink(tmp_slots[i]);
+        if (atomic_load(&tmp_used[i]) == 1) unlink(tmp_slots[i]);
     signal(sig, SIG_DFL);
     raise(sig);
 }

@@ -15,6 +15,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -44,15 +46,11 @@ extern char **environ;
 #define TMP_BASE_MAX 200
 #define SHA1_LEN 20
 #define SHA256_LEN 32
-/* Internal, positive: the dest appeared between our check and our rename. */
-#define RACED 1
 
 typedef struct {
     const ib_gf_export_item *it;
     uint64_t size;
     unsigned char sha256[SHA256_LEN]; /* as written (or as found), checked again on read-back */
-    char *tmp;      /* written, not yet renamed: temp name in the parent dir */
-    char *tmp_full; /* the same, as a path registered for cleanup on a signal */
 } entry;
 
 typedef struct {
@@ -478,11 +476,8 @@ static int open_tmp(int pfd, const char *base, char **out)
     return -1;
 }
 
-/* Places the blob at base via temp file + fsync + rename + fsync(dir). The
- * rename refuses to replace (RENAME_NOREPLACE) so a file that appeared in the
- * meantime is not clobbered; filesystems without that flag (older NFS) get a
- * plain rename after a fresh existence check. Returns RACED if the dest
- * appeared meanwhile. */
+/* Places the blob at base via a temp file in the same directory, hashed
+ * while it is written, then renamed. */
 static int write_file(ctx *c, entry *e, int pfd, const char *base, const char *path, mode_t want)
 {
     char *tmp = NULL;
@@ -525,47 +520,28 @@ static int write_file(ctx *c, entry *e, int pfd, const char *base, const char *p
     }
     if (r == 0 && fchmod(fd, want) < 0) r = ib_error_errno(IB_ERR, "write %s", path);
     if (close(fd) < 0 && r == 0) r = ib_error_errno(IB_ERR, "write %s", path);
-    if (r == 0) {
-        /* renamed into place after one syncfs for all files (place_all) */
-        e->tmp = tmp;
-        e->tmp_full = tmp_full;
-        return 0;
-    }
-    unlinkat(pfd, tmp, 0);
-    ib_fs_tmp_forget(tmp_full);
-    free(tmp_full);
-    free(tmp);
-    return r;
-}
-
-/* Second phase: every temp file is on stable storage (syncfs), so each
- * rename publishes complete content; a crash before it leaves only temps. The
- * rename refuses to replace (RENAME_NOREPLACE) so a file that appeared in the
- * meantime is not clobbered; filesystems without that flag (older NFS) get a
- * plain rename after a fresh existence check. */
-static int place(ctx *c, entry *e)
-{
-    char *path = full_path(c, e->it->dest);
-    int pfd;
-    const char *base;
-    int r = open_parent(c, e->it->dest, path, 0, &pfd, &base);
-    if (r == 0 && renameat2(pfd, e->tmp, pfd, base, RENAME_NOREPLACE) < 0) {
+    /* Complete content is renamed into place at once (an interrupted run
+     * leaves whole files, which a re-run accepts, or its registered temp
+     * file, which the signal handler removes); durability comes from one
+     * syncfs for the whole export before MANIFEST is written. The rename
+     * refuses to replace (RENAME_NOREPLACE) so a file that appeared in the
+     * meantime is not clobbered; filesystems without that flag (older NFS)
+     * get a plain rename after a fresh existence check. */
+    if (r == 0 && renameat2(pfd, tmp, pfd, base, RENAME_NOREPLACE) < 0) {
         if (errno == EEXIST) {
             r = different(e, path);
         } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
             struct stat st;
             if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) r = different(e, path);
-            else if (renameat(pfd, e->tmp, pfd, base) < 0) r = ib_error_errno(IB_ERR, "rename into %s", path);
+            else if (renameat(pfd, tmp, pfd, base) < 0) r = ib_error_errno(IB_ERR, "rename into %s", path);
         } else {
             r = ib_error_errno(IB_ERR, "rename into %s", path);
         }
     }
-    if (r < 0) unlink(e->tmp_full);
-    ib_fs_tmp_forget(e->tmp_full);
-    free(e->tmp_full);
-    free(e->tmp);
-    e->tmp = e->tmp_full = NULL;
-    free(path);
+    if (r != 0) unlinkat(pfd, tmp, 0);
+    ib_fs_tmp_forget(tmp_full);
+    free(tmp_full);
+    free(tmp);
     return r;
 }
 
@@ -865,6 +841,105 @@ static int prepare(ctx *c, entry *es, size_t n, uint64_t *total)
     return 0;
 }
 
+/* ---- parallel phases ---- */
+
+/* Writing and read-back are split over a few threads, each with its own
+ * repository handle (libgit2 handles are not shared across threads), its
+ * own parent-dir cache and buffer, and a contiguous run of the sorted items
+ * of about equal bytes. Inflating and hashing, not the disk, bound a local
+ * export; an NFS export gains from overlapping round trips. */
+typedef struct {
+    ctx c;
+    entry *es;
+    size_t from, to;
+    int verify;
+    atomic_int *stop;
+    int rc;
+    char msg[1024];
+    size_t present, written;
+} worker;
+
+static void *work(void *arg)
+{
+    worker *wk = arg;
+    for (size_t i = wk->from; i < wk->to && wk->rc == 0 && !atomic_load(wk->stop); i++) {
+        entry *e = &wk->es[i];
+        int r;
+        if (wk->verify) {
+            r = verify_entry(&wk->c, e);
+        } else {
+            char *path = full_path(&wk->c, e->it->dest);
+            int pfd, present = 0;
+            const char *base;
+            r = open_parent(&wk->c, e->it->dest, path, 1, &pfd, &base);
+            if (r == 0)
+                r = e->it->mode == GIT_FILEMODE_LINK ? export_link(&wk->c, e, pfd, base, path, &present)
+                                                     : export_file(&wk->c, e, pfd, base, path, &present);
+            free(path);
+            if (r == 0 && present) wk->present++;
+            else if (r == 0) wk->written++;
+        }
+        if (r < 0) {
+            wk->rc = r;
+            snprintf(wk->msg, sizeof wk->msg, "%s", ib_error_last());
+            atomic_store(wk->stop, 1);
+        }
+    }
+    drop_parent(&wk->c);
+    return NULL;
+}
+
+static int run_phase(ctx *c, entry *es, size_t n, uint64_t total, int verify, size_t *present, size_t *written)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nt = cpus < 1 ? 1 : cpus > 4 ? 4 : (size_t)cpus;
+    if (n < 32 || total < ((uint64_t)8 << 20)) nt = 1;
+    worker wk[4];
+    atomic_int stop = 0;
+    memset(wk, 0, sizeof wk);
+    size_t at = 0;
+    uint64_t acc = 0;
+    for (size_t t = 0; t < nt; t++) {
+        wk[t].c = *c;
+        wk[t].c.pfd = -1;
+        wk[t].c.prel = NULL;
+        wk[t].es = es;
+        wk[t].verify = verify;
+        wk[t].stop = &stop;
+        wk[t].from = at;
+        uint64_t goal = total / nt * (t + 1);
+        while (at < n && (t == nt - 1 || acc < goal)) acc += es[at++].size;
+        wk[t].to = at;
+        if (t > 0) {
+            wk[t].c.buf = ib_xmalloc(BUF_SIZE);
+            if (git_repository_open(&wk[t].c.repo, git_repository_path(c->repo)) < 0 ||
+                git_repository_odb(&wk[t].c.odb, wk[t].c.repo) < 0) {
+                wk[t].rc = ib_error_set(IB_ERR, "export: cannot open the repository again: %s", git_msg());
+                snprintf(wk[t].msg, sizeof wk[t].msg, "%s", ib_error_last());
+            }
+        }
+    }
+    pthread_t th[4];
+    int started[4] = {0};
+    for (size_t t = 1; t < nt; t++)
+        if (wk[t].rc == 0 && pthread_create(&th[t], NULL, work, &wk[t]) == 0) started[t] = 1;
+        else if (wk[t].rc == 0) work(&wk[t]); /* no thread: do it here */
+    work(&wk[0]);
+    int rc = 0;
+    for (size_t t = 0; t < nt; t++) {
+        if (t > 0 && started[t]) pthread_join(th[t], NULL);
+        if (rc == 0 && wk[t].rc < 0) rc = ib_error_set(wk[t].rc, "%s", wk[t].msg);
+        if (present) *present += wk[t].present;
+        if (written) *written += wk[t].written;
+        if (t > 0) {
+            free(wk[t].c.buf);
+            git_odb_free(wk[t].c.odb);
+            git_repository_free(wk[t].c.repo);
+        }
+    }
+    return rc;
+}
+
 int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir, const ib_gf_export_item *items,
                  size_t n, ib_gf_export_progress cb, void *ud)
 {
@@ -891,34 +966,14 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     }
     c.buf = ib_xmalloc(BUF_SIZE);
 
-    for (size_t i = 0; i < n; i++) {
-        entry *e = &es[i];
-        char *path = full_path(&c, e->it->dest);
-        int pfd, present = 0;
-        const char *base;
-        r = open_parent(&c, e->it->dest, path, 1, &pfd, &base);
-        if (r == 0)
-            r = e->it->mode == GIT_FILEMODE_LINK ? export_link(&c, e, pfd, base, path, &present)
-                                                 : export_file(&c, e, pfd, base, path, &present);
-        free(path);
-        if (r < 0) goto out;
-        if (present) out->present++;
-        else out->written++;
-        out->files++;
-        out->bytes += e->size;
-        done += e->size;
-        if (cb) cb(ud, i + 1, n, done, total);
-    }
+    if ((r = run_phase(&c, es, n, total, 0, &out->present, &out->written)) < 0) goto out;
+    out->files = n;
+    out->bytes = total;
+    done = total;
+    if (cb) cb(ud, n, n, done, total);
 
     /* One syncfs instead of an fsync per file and directory: on these
      * machines (and on NFS) per-file fsyncs were most of the export time. */
-    if (syncfs(c.root) < 0) {
-        r = ib_error_errno(IB_ERR, "sync %s", dir);
-        goto out;
-    }
-    drop_parent(&c);
-    for (size_t i = 0; i < n; i++)
-        if (es[i].tmp && (r = place(&c, &es[i])) < 0) goto out;
     if (syncfs(c.root) < 0) {
         r = ib_error_errno(IB_ERR, "sync %s", dir);
         goto out;
@@ -930,19 +985,11 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     /* Read-back only starts once everything is on disk, so the pages are
      * clean and the DONTNEED hint can actually drop them. */
     drop_parent(&c);
-    for (size_t i = 0; i < n; i++)
-        if ((r = verify_entry(&c, &es[i])) < 0) goto out;
+    if ((r = run_phase(&c, es, n, total, 1, NULL, NULL)) < 0) goto out;
     if ((r = verify_manifest(&c, man.s, man.len)) < 0) goto out;
     if (cb) cb(ud, n, n, total, total);
     r = 0;
 out:
-    for (size_t i = 0; i < n; i++) {
-        if (!es[i].tmp) continue;
-        unlink(es[i].tmp_full); /* a failed export leaves no temp files behind */
-        ib_fs_tmp_forget(es[i].tmp_full);
-        free(es[i].tmp_full);
-        free(es[i].tmp);
-    }
     drop_parent(&c);
     if (c.root >= 0) close(c.root);
     git_odb_free(c.odb);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,35 +43,49 @@ static void say(ib_gf_slim_say cb, void *ud, const char *fmt, ...)
     cb(ud, line);
 }
 
-/* Runs `git -C dir args…`; stdout is discarded, the last stderr line goes
- * into the error message. gc and bundles are git's own business: libgit2
- * 1.5 cannot delete objects (see ARCHITECTURE.md). */
-static int run_git(const char *dir, const char *what, const char *const *args)
+/* `git -C dir args…` as a child: stdout discarded, stderr kept so that the
+ * last line can go into the error message. gc and bundles are git's own
+ * business: libgit2 1.5 cannot delete objects (see ARCHITECTURE.md). */
+typedef struct {
+    pid_t pid;
+    int err;
+    const char *what;
+} git_child;
+
+static int spawn_git(git_child *ch, const char *dir, const char *what, const char *const *args)
 {
     const char *argv[16] = {"git", "-C", dir};
     int n = 3;
     for (; *args && n < 15; args++) argv[n++] = *args;
     argv[n] = NULL;
     int errp[2];
+    ch->what = what;
+    ch->pid = -1;
     if (pipe2(errp, O_CLOEXEC) < 0) return ib_error_errno(IB_ERR, "%s", what);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, "git", &fa, NULL, (char *const *)argv, environ);
+    int rc = posix_spawnp(&ch->pid, "git", &fa, NULL, (char *const *)argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     close(errp[1]);
     if (rc != 0) {
         close(errp[0]);
         errno = rc;
+        ch->pid = -1;
         return ib_error_errno(IB_ERR, "%s: cannot run git", what);
     }
+    ch->err = errp[0];
+    return 0;
+}
+
+static int wait_git(git_child *ch)
+{
     char tail[512] = "";
     size_t tl = 0;
     char chunk[4096];
     ssize_t r;
-    while ((r = read(errp[0], chunk, sizeof chunk)) > 0) {
+    while ((r = read(ch->err, chunk, sizeof chunk)) > 0 || (r < 0 && errno == EINTR)) {
         for (ssize_t i = 0; i < r; i++) {
             if (tl == sizeof tail - 1) {
                 memmove(tail, tail + 256, tl - 256);
@@ -80,17 +95,25 @@ static int run_git(const char *dir, const char *what, const char *const *args)
         }
     }
     tail[tl] = '\0';
-    close(errp[0]);
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    close(ch->err);
+    int status = 0;
+    while (waitpid(ch->pid, &status, 0) < 0 && errno == EINTR) {
     }
+    ch->pid = -1;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
     while (tl && (tail[tl - 1] == '\n' || tail[tl - 1] == '\r')) tail[--tl] = '\0';
     char *last = strrchr(tail, '\n');
     last = last ? last + 1 : tail;
     for (char *p = last; *p; p++)
         if (*p == '\r') *p = ' ';
-    return ib_error_set(IB_ERR, "%s failed%s%s", what, *last ? ": " : "", last);
+    return ib_error_set(IB_ERR, "%s failed%s%s", ch->what, *last ? ": " : "", last);
+}
+
+static int run_git(const char *dir, const char *what, const char *const *args)
+{
+    git_child ch;
+    int rc = spawn_git(&ch, dir, what, args);
+    return rc < 0 ? rc : wait_git(&ch);
 }
 
 static uint64_t dir_bytes;
@@ -497,33 +520,49 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
         say(cb, ud, "nothing matches the filters: history unchanged");
         goto out;
     }
+    /* The backup bundle is git's work in another process: it runs while the
+     * export does, and only a verified export lets the rewrite go on. */
+    git_child bundle = {.pid = -1};
+    char *btmp = NULL;
+    double tb0 = ib_now();
+    if (!o->no_backup) {
+        backup = o->backup ? ib_xstrdup(o->backup) : default_backup(repo);
+        btmp = ib_xasprintf("%s.tmp-%d", backup, (int)getpid());
+        ib_fs_tmp_register(btmp);
+        const char *args[] = {"bundle", "create", "--quiet", btmp, "--all", NULL};
+        rc = spawn_git(&bundle, workdir ? workdir : gitdir, "git bundle create (the backup)", args);
+        if (rc < 0) goto bundle_done;
+    }
     double te0 = ib_now();
     ib_gf_export_stats es = {0};
     rc = ib_gf_export(&es, repo, o->export_dir, l.items, l.n, NULL, NULL);
     if (rc < 0) {
         ib_error_wrap(rc, "export to %s (nothing was rewritten)", o->export_dir);
-        goto out;
+        if (bundle.pid > 0) kill(bundle.pid, SIGTERM);
+    } else {
+        say(cb, ud, "export: %zu files, %s to %s (%zu written, %zu already present), verified in %.2f s", es.files,
+            hb, o->export_dir, es.written, es.present, ib_now() - te0);
     }
-    say(cb, ud, "export: %zu files, %s to %s (%zu written, %zu already present), verified in %.2f s", es.files, hb,
-        o->export_dir, es.written, es.present, ib_now() - te0);
-
-    /* 3. a bundle of the old history, in case */
-    if (!o->no_backup) {
-        backup = o->backup ? ib_xstrdup(o->backup) : default_backup(repo);
-        char *tmp = ib_xasprintf("%s.tmp-%d", backup, (int)getpid());
-        ib_fs_tmp_register(tmp);
-        double tb0 = ib_now();
-        const char *args[] = {"bundle", "create", "--quiet", tmp, "--all", NULL};
-        rc = run_git(workdir ? workdir : gitdir, "git bundle create (the backup)", args);
-        if (rc == 0 && rename(tmp, backup) < 0) rc = ib_error_errno(IB_ERR, "%s", backup);
-        if (rc < 0) unlink(tmp);
-        ib_fs_tmp_forget(tmp);
-        free(tmp);
-        if (rc < 0) goto out;
+    if (bundle.pid > 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ib_error_last());
+        int br = wait_git(&bundle);
+        if (rc < 0) ib_error_set(rc, "%s", msg); /* the export's error is the one that matters */
+        else rc = br;
+    }
+    if (rc == 0 && btmp && rename(btmp, backup) < 0) rc = ib_error_errno(IB_ERR, "%s", backup);
+    if (rc == 0 && btmp) {
         struct stat bs;
         ib_human_size(hb2, stat(backup, &bs) == 0 ? (uint64_t)bs.st_size : 0);
-        say(cb, ud, "backup: %s (%s) in %.2f s", backup, hb2, ib_now() - tb0);
+        say(cb, ud, "backup: %s (%s), written alongside the export in %.2f s", backup, hb2, ib_now() - tb0);
     }
+bundle_done:
+    if (btmp) {
+        if (rc < 0) unlink(btmp);
+        ib_fs_tmp_forget(btmp);
+        free(btmp);
+    }
+    if (rc < 0) goto out;
 
     /* 4. the new objects and refs */
     double ta0 = ib_now();
