@@ -124,7 +124,7 @@ int main(void)
     CHECK_INT(st.written, n);
     CHECK_INT(st.present, 0);
     CHECK_INT(st.bytes, total);
-    CHECK_INT(pr.calls, n + 1);
+    CHECK(pr.calls >= 2); /* after the (parallel) writes and after the read-back */
     CHECK_INT(pr.last_done, n);
     CHECK_INT(pr.last_total, n);
     CHECK_INT(pr.last_bytes, total);
