@@ -38,9 +38,11 @@ test_expect_success 'filter-repo commit map: new sha tags point at the old image
 
 test_expect_success 'running it again changes nothing; --dry-run only prints' '
     ib retag --plain-http --commit-map "$MAP" "$P_HOST/wepp/app" | grep -q "0 tags added, 2 already tagged" &&
-    printf "%s %s\n" "$A" "$(printf %040d 7)" >"$TMP/map2" &&
+    printf "%s %s\n%s %s\n" "$A" "$(printf %040d 7)" "$B" "$(printf %040d 0)" >"$TMP/map2" &&
     ib retag --plain-http --dry-run --commit-map "$TMP/map2" "$P_HOST/wepp/app" | grep -q "would tag wepp/app:sha-0000000000000000000000000000000000000007" &&
-    ! skopeo inspect --tls-verify=false docker://$P_HOST/wepp/app:sha-0000000000000000000000000000000000000007 >/dev/null 2>&1
+    ! skopeo inspect --tls-verify=false docker://$P_HOST/wepp/app:sha-0000000000000000000000000000000000000007 >/dev/null 2>&1 &&
+    # a commit the rewrite pruned maps to 40 zeros: it gets no tag
+    ib retag --plain-http --dry-run --commit-map "$TMP/map2" "$P_HOST/wepp/app" | grep -q "1 tag to add"
 '
 
 test_expect_success 'a malformed commit map names its line' '

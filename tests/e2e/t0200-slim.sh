@@ -433,6 +433,20 @@ test_expect_success 'the summary lines and the analyze estimate have the documen
     grep -qE "^ *estimated .git objects after slim: [0-9.]+ [kMG]?B \(now [0-9.]+ [kMG]?B\)" "$TMP/analyze.out"
 '
 
+test_expect_success 'notes follow their commits: re-keyed to the new ids, the note of a pruned commit kept' '
+    N=$TMP/N && clone "$N" &&
+    git -C "$N" -c user.name=ops -c user.email=ops@wepp.local notes add -m "deployed to prod" HEAD &&
+    pruned=$(git -C "$A" rev-parse -q --verify HEAD >/dev/null &&
+             awk "NR>1 && \$2 ~ /^0+\$/ {print \$1; exit}" "$A/.git/filter-repo/commit-map") && test -n "$pruned" &&
+    git -C "$N" -c user.name=ops -c user.email=ops@wepp.local notes add -m "data refresh" "$pruned" &&
+    ib slim "$N" --path "$D1" --path "$D2" --export-to "$TMP/notes.exp" --no-backup --force --progress plain &&
+    test "$(git -C "$N" notes show HEAD)" = "deployed to prod" &&
+    test "$(git -C "$N" rev-parse HEAD)" = "$(git -C "$A" rev-parse HEAD)" &&
+    test "$(git -C "$N" notes show "$pruned")" = "data refresh" &&
+    git -C "$N" log -1 --format=%s refs/notes/commits | grep -q "re-keyed" &&
+    git -C "$N" fsck --full --no-progress >/dev/null 2>&1
+'
+
 test_expect_success 'bad input: usage errors exit 2 naming the flag; a non-repo exits 1 naming it; nothing changes' '
     G=$TMP/G && refs_of "$G" >"$TMP/G.refs" &&
     usage() { # PATTERN ARGS…
