@@ -854,6 +854,13 @@ typedef struct {
     size_t from, to;
     int verify;
     atomic_int *stop;
+    /* shared counters; only the calling thread (worker 0) reports them */
+    atomic_size_t *done_files;
+    atomic_uint_fast64_t *done_bytes;
+    size_t total_files;
+    uint64_t total_bytes;
+    ib_gf_export_progress cb;
+    void *ud;
     int rc;
     char msg[1024];
     size_t present, written;
@@ -879,6 +886,11 @@ static void *work(void *arg)
             if (r == 0 && present) wk->present++;
             else if (r == 0) wk->written++;
         }
+        if (r == 0 && wk->done_files) {
+            size_t f = atomic_fetch_add(wk->done_files, 1) + 1;
+            uint64_t b = atomic_fetch_add(wk->done_bytes, e->size) + e->size;
+            if (wk->cb) wk->cb(wk->ud, f, wk->total_files, b, wk->total_bytes);
+        }
         if (r < 0) {
             wk->rc = r;
             snprintf(wk->msg, sizeof wk->msg, "%s", ib_error_last());
@@ -889,8 +901,11 @@ static void *work(void *arg)
     return NULL;
 }
 
-static int run_phase(ctx *c, entry *es, size_t n, uint64_t total, int verify, size_t *present, size_t *written)
+static int run_phase(ctx *c, entry *es, size_t n, uint64_t total, int verify, size_t *present, size_t *written,
+                     ib_gf_export_progress cb, void *ud)
 {
+    atomic_size_t done_files = 0;
+    atomic_uint_fast64_t done_bytes = 0;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     size_t nt = cpus < 1 ? 1 : cpus > 4 ? 4 : (size_t)cpus;
     if (n < 32 || total < ((uint64_t)8 << 20)) nt = 1;
@@ -906,6 +921,12 @@ static int run_phase(ctx *c, entry *es, size_t n, uint64_t total, int verify, si
         wk[t].es = es;
         wk[t].verify = verify;
         wk[t].stop = &stop;
+        wk[t].done_files = &done_files;
+        wk[t].done_bytes = &done_bytes;
+        wk[t].total_files = n;
+        wk[t].total_bytes = total;
+        wk[t].cb = t == 0 ? cb : NULL; /* callbacks stay on the caller's thread */
+        wk[t].ud = ud;
         wk[t].from = at;
         uint64_t goal = total / nt * (t + 1);
         while (at < n && (t == nt - 1 || acc < goal)) acc += es[at++].size;
@@ -966,7 +987,7 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     }
     c.buf = ib_xmalloc(BUF_SIZE);
 
-    if ((r = run_phase(&c, es, n, total, 0, &out->present, &out->written)) < 0) goto out;
+    if ((r = run_phase(&c, es, n, total, 0, &out->present, &out->written, cb, ud)) < 0) goto out;
     out->files = n;
     out->bytes = total;
     done = total;
@@ -985,7 +1006,7 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     /* Read-back only starts once everything is on disk, so the pages are
      * clean and the DONTNEED hint can actually drop them. */
     drop_parent(&c);
-    if ((r = run_phase(&c, es, n, total, 1, NULL, NULL)) < 0) goto out;
+    if ((r = run_phase(&c, es, n, total, 1, NULL, NULL, NULL, NULL)) < 0) goto out;
     if ((r = verify_manifest(&c, man.s, man.len)) < 0) goto out;
     if (cb) cb(ud, n, n, total, total);
     r = 0;

@@ -21,7 +21,8 @@ typedef struct {
     uint64_t bytes;  /* total content size */
 } ib_gf_export_stats;
 
-/* Called now and then with the bytes handled so far (may be NULL). */
+/* Called on the caller's thread after files it wrote itself, with the
+ * totals of all writer threads so far, and once at the end (may be NULL). */
 typedef void (*ib_gf_export_progress)(void *ud, size_t done_files, size_t total_files, uint64_t done_bytes,
                                       uint64_t total_bytes);
 

@@ -414,6 +414,35 @@ static void free_list(export_list *l)
 
 /* ---- the procedure ---------------------------------------------------- */
 
+/* Exports to NFS run for minutes: a line at every tenth of the bytes. */
+typedef struct {
+    ib_gf_slim_say cb;
+    void *ud;
+    int shown; /* tenths reported */
+    double t0;
+} export_meter;
+
+static void on_export_progress(void *ud, size_t files, size_t total_files, uint64_t bytes, uint64_t total)
+{
+    export_meter *m = ud;
+    if (total < ((uint64_t)64 << 20)) return; /* small exports finish before anyone looks */
+    int tenth = (int)(bytes * 10 / total);
+    if (tenth <= m->shown) return;
+    if (tenth >= 10 && files == total_files) {
+        m->shown = 10;
+        say(m->cb, m->ud, "export: all %zu files written; syncing and reading them back", files);
+        return;
+    }
+    if (tenth >= 10) return;
+    m->shown = tenth;
+    char a[32], b[32];
+    ib_human_size(a, bytes);
+    ib_human_size(b, total);
+    double dt = ib_now() - m->t0;
+    say(m->cb, m->ud, "export: %d%% (%zu of %zu files, %s of %s, %.0f MB/s)", tenth * 10, files, total_files, a, b,
+        dt > 0 ? (double)bytes / 1e6 / dt : 0.0);
+}
+
 static char *default_backup(git_repository *repo)
 {
     const char *base = git_repository_is_bare(repo) ? git_repository_path(repo) : git_repository_workdir(repo);
@@ -535,7 +564,8 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
     }
     double te0 = ib_now();
     ib_gf_export_stats es = {0};
-    rc = ib_gf_export(&es, repo, o->export_dir, l.items, l.n, NULL, NULL);
+    export_meter meter = {.cb = cb, .ud = ud, .t0 = te0};
+    rc = ib_gf_export(&es, repo, o->export_dir, l.items, l.n, on_export_progress, &meter);
     if (rc < 0) {
         ib_error_wrap(rc, "export to %s (nothing was rewritten)", o->export_dir);
         if (bundle.pid > 0) kill(bundle.pid, SIGTERM);
