@@ -777,6 +777,244 @@ static const char *opt_get(const char *spec, const char *key, char *buf, size_t 
     return NULL;
 }
 
+/* --from=NAME (COPY, RUN --mount=type=bind): an earlier stage, else an image
+ * (local store or registry), as a context over its root filesystem. */
+typedef struct {
+    ib_context *ctx;
+    stage img; /* when NAME was an image */
+    char *name;
+} from_src;
+
+static void close_from(from_src *fs)
+{
+    free(fs->name);
+    ib_context_free(fs->ctx);
+    stage *t = &fs->img;
+    if (t->cfg) {
+        json_decref(t->cfg);
+        json_decref(t->history);
+        json_decref(t->base_annotations);
+        for (size_t i = 0; i < t->nlayers; i++) {
+            free(t->layers[i].media_type);
+            free(t->diff_ids[i]);
+        }
+        free(t->layers);
+        free(t->diff_ids);
+        kv_clear(&t->env);
+        free(t->os);
+        free(t->arch);
+        if (t->rootfs) ib_fs_rm_rf(t->rootfs);
+        free(t->rootfs);
+    }
+    memset(fs, 0, sizeof *fs);
+}
+
+static int open_from(from_src *fs, build *b, stage *st, const ib_df_instr *in, const char *from)
+{
+    memset(fs, 0, sizeof *fs);
+    int r = expand(&fs->name, b, st, from, in->line);
+    if (r < 0) return r;
+    stage *src = find_stage(b, fs->name, st->index);
+    if (!src) {
+        fs->img.index = 1000 + st->index;
+        if ((r = stage_from_image(b, &fs->img, fs->name, in->line)) < 0) {
+            char *img_err = ib_xstrdup(ib_error_last());
+            r = ib_error_set(IB_EINVALID, "%s --from=%s: no stage of that name before this line, and as an image: %s",
+                             ib_df_kind_name(in->kind), fs->name, img_err);
+            free(img_err);
+            return r;
+        }
+        src = &fs->img;
+    } else if (!src->built) {
+        return ib_error_set(IB_EINVALID, "--from=%s: stage is not built", fs->name);
+    }
+    const char *root;
+    if ((r = stage_rootfs(&root, b, src)) < 0) return r;
+    return ib_context_open_dir(&fs->ctx, NULL, root, 0);
+}
+
+/* RUN --mount=type=bind: a file or directory of the build context (or of
+ * from=STAGE|IMAGE) seen at target during the command only: uv's and pip's
+ * documented pattern for lock files. Its content is part of the RUN's cache
+ * key (a changed uv.lock reruns `uv sync`); the mount is read-only unless
+ * rw, and writes to an rw mount are thrown away with the copy. */
+typedef struct {
+    from_src from;
+    ib_context *ctx;
+    const ib_ignore *ignore;
+    char *src;    /* resolved, relative to the context root ("" = the root) */
+    char *target; /* absolute */
+    int rw;
+    ib_ctx_type type;
+} bind_src;
+
+typedef struct {
+    bind_src v[16];
+    size_t n;
+} bind_list;
+
+static void bind_list_free(bind_list *bl)
+{
+    for (size_t i = 0; i < bl->n; i++) {
+        close_from(&bl->v[i].from);
+        free(bl->v[i].src);
+        free(bl->v[i].target);
+    }
+    bl->n = 0;
+}
+
+static int hash_sink(void *d, const void *buf, size_t len)
+{
+    ib_digest_update(d, buf, len);
+    return 0;
+}
+
+static int bind_ignored(const bind_src *bs, const char *rel) { return bs->ignore && *rel && ib_ignore_match(bs->ignore, rel); }
+
+/* One line per entry below rel (sorted, recursive): what the command can see. */
+static int bind_walk(ib_strbuf *sb, const bind_src *bs, const char *rel)
+{
+    ib_ctx_stat cs;
+    int r = ib_context_stat(&cs, bs->ctx, rel);
+    if (r < 0) return r;
+    char id[IB_DIGEST_STRLEN + 1] = "";
+    if (cs.type == IB_CT_FILE) {
+        if (cs.id[0]) {
+            snprintf(id, sizeof id, "git:%s", cs.id);
+        } else {
+            ib_digester *d;
+            if ((r = ib_digest_new(&d)) < 0) return r;
+            r = ib_context_read(bs->ctx, rel, hash_sink, d);
+            ib_digest_final(id, d);
+            ib_digest_free(d);
+            if (r < 0) return r;
+        }
+    } else if (cs.type == IB_CT_SYMLINK) {
+        char *t = NULL;
+        if ((r = ib_context_readlink(&t, bs->ctx, rel)) < 0) return r;
+        ib_digest_buf(id, t, strlen(t));
+        free(t);
+    }
+    ib_strbuf_addf(sb, "%s %d %o %u:%u %s\n", *rel ? rel : ".", (int)cs.type, cs.mode, cs.uid, cs.gid, id);
+    if (cs.type != IB_CT_DIR) return 0;
+    char **names = NULL;
+    size_t n = 0;
+    if ((r = ib_context_list(&names, &n, bs->ctx, rel)) < 0) return r;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *child = *rel ? ib_xasprintf("%s/%s", rel, names[i]) : ib_xstrdup(names[i]);
+        if (!bind_ignored(bs, child)) r = bind_walk(sb, bs, child);
+        free(child);
+    }
+    ib_context_names_free(names, n);
+    return r;
+}
+
+static int copy_sink(void *fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t w = write(*(int *)fd, p, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return ib_error_errno(IB_ERR, "bind mount copy");
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* The mount source is a private copy: the context may be a git tree (no
+ * files on disk), and an rw mount must not write into the user's files. */
+static int bind_copy(const bind_src *bs, const char *rel, const char *dst)
+{
+    ib_ctx_stat cs;
+    int r = ib_context_stat(&cs, bs->ctx, rel);
+    if (r < 0) return r;
+    if (cs.type == IB_CT_SYMLINK) {
+        char *t = NULL;
+        if ((r = ib_context_readlink(&t, bs->ctx, rel)) < 0) return r;
+        if (symlink(t, dst) < 0) r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+        free(t);
+        return r;
+    }
+    if (cs.type == IB_CT_FILE) {
+        int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) return ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+        r = ib_context_read(bs->ctx, rel, copy_sink, &fd);
+        if (r == 0 && (fchmod(fd, cs.mode & 07777) < 0 || fchown(fd, cs.uid, cs.gid) < 0) && geteuid() == 0)
+            r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+        close(fd);
+        return r;
+    }
+    if (mkdir(dst, 0700) < 0) return ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+    char **names = NULL;
+    size_t n = 0;
+    if ((r = ib_context_list(&names, &n, bs->ctx, rel)) < 0) return r;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *child = *rel ? ib_xasprintf("%s/%s", rel, names[i]) : ib_xstrdup(names[i]);
+        char *cdst = ib_xasprintf("%s/%s", dst, names[i]);
+        if (!bind_ignored(bs, child)) r = bind_copy(bs, child, cdst);
+        free(child);
+        free(cdst);
+    }
+    ib_context_names_free(names, n);
+    if (r == 0 && (chmod(dst, cs.mode & 07777) < 0 || (geteuid() == 0 && chown(dst, cs.uid, cs.gid) < 0)))
+        r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+    return r;
+}
+
+/* Parses the bind mounts and adds "src <source> <digest>" lines to the
+ * RUN's key text (the lines `cache explain` names when one changes). */
+static int bind_prepare(bind_list *bl, ib_strbuf *key, build *b, stage *st, const ib_df_instr *in, const char *wd)
+{
+    memset(bl, 0, sizeof *bl);
+    for (size_t i = 0; i < in->nflags; i++) {
+        if (strcmp(in->flags[i].name, "mount") || !in->flags[i].value) continue;
+        const char *spec = in->flags[i].value;
+        char type[32] = "bind", tgt[1024] = "", src[1024] = "", from[512] = "", buf[64];
+        opt_get(spec, "type", type, sizeof type);
+        if (strcmp(type, "bind")) continue;
+        if (!opt_get(spec, "target", tgt, sizeof tgt) && !opt_get(spec, "dst", tgt, sizeof tgt))
+            opt_get(spec, "destination", tgt, sizeof tgt);
+        if (!*tgt) return ib_error_set(IB_EINVALID, "RUN --mount=%s: a bind mount needs target=", spec);
+        if (!opt_get(spec, "source", src, sizeof src) && !opt_get(spec, "src", src, sizeof src)) strcpy(src, ".");
+        if (bl->n == 16) return ib_error_set(IB_EINVALID, "RUN: at most 16 bind mounts");
+        bind_src *bs = &bl->v[bl->n++];
+        bs->rw = opt_get(spec, "rw", buf, sizeof buf) || opt_get(spec, "readwrite", buf, sizeof buf);
+        if (opt_get(spec, "from", from, sizeof from)) {
+            int r = open_from(&bs->from, b, st, in, from);
+            if (r < 0) return r;
+            bs->ctx = bs->from.ctx;
+        } else {
+            bs->ctx = b->ctx;
+            bs->ignore = b->ignore;
+        }
+        char *wdt = tgt[0] == '/' ? ib_xstrdup(tgt) : ib_xasprintf("%s/%s", wd && *wd ? wd : "/", tgt);
+        bs->target = ib_copy_clean_abs(wdt);
+        free(wdt);
+        /* ".." never leaves the context: resolved the way COPY resolves its sources */
+        int r = ib_context_resolve(&bs->src, bs->ctx, src, 1);
+        ib_ctx_stat cs;
+        if (r == 0 && bind_ignored(bs, bs->src)) r = IB_ENOTFOUND;
+        if (r == 0) r = ib_context_stat(&cs, bs->ctx, bs->src);
+        if (r == IB_ENOTFOUND)
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: source '%s' not found in %s", spec, src,
+                                *from ? from : "the build context");
+        if (r < 0) return r;
+        bs->type = cs.type;
+        ib_strbuf walk = {0};
+        r = bind_walk(&walk, bs, bs->src);
+        if (r == 0) {
+            char dg[IB_DIGEST_STRLEN + 1];
+            ib_digest_buf(dg, walk.s ? walk.s : "", walk.len);
+            ib_strbuf_addf(key, "src %s%s%s %s\nbind %s -> %s%s\n", *from ? from : "", *from ? ":" : "",
+                           *bs->src ? bs->src : ".", dg, *bs->src ? bs->src : ".", bs->target, bs->rw ? " rw" : "");
+        }
+        free(walk.s);
+        if (r < 0) return r;
+    }
+    return 0;
+}
+
 typedef struct {
     ib_sandbox_mount m[16];
     char *owned[32];
@@ -865,8 +1103,8 @@ static int parse_mounts(run_mounts *rm, build *b, const ib_df_instr *in)
             m->is_file = 1;
             m->readonly = 1;
             rm->n++;
-        } else {
-            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported yet (cache and secret are)", type);
+        } else if (strcmp(type, "bind")) {
+            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported (bind, cache and secret are)", type);
         }
     }
     return 0;
@@ -931,11 +1169,23 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     }
     ib_strbuf_addf(&sb, "user %s\nworkdir %s\nnetwork %s\ncompression %s mtime=%lld\n", user ? user : "", wd ? wd : "/",
              net_none ? "none" : "host", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
+    bind_list bl;
+    int r = bind_prepare(&bl, &sb, b, st, in, wd);
+    if (r < 0) {
+        bind_list_free(&bl);
+        kv_clear(&env);
+        for (size_t i = 0; i < na; i++) free(argv[i]);
+        free(argv);
+        for (size_t i = 0; envp[i]; i++) free(envp[i]);
+        free(envp);
+        free(sb.s);
+        return r;
+    }
     ib_digest_buf(cmdd, sb.s, sb.len);
     ib_cache_key(key, chain, "run", cmdd);
     char *locator = step_locator(b, st, in);
     char *from = NULL;
-    int r = cache_lookup(lr, &from, b, key);
+    r = cache_lookup(lr, &from, b, key);
     if (from) snprintf(why, whysz, "%s", from);
     free(from);
     if (r == 1) {
@@ -972,7 +1222,21 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     }
     run_out ro = {b, ""};
     run_mounts rm;
-    if ((r = parse_mounts(&rm, b, in)) < 0) {
+    r = parse_mounts(&rm, b, in);
+    for (size_t i = 0; r == 0 && i < bl.n; i++) {
+        if (rm.n == 16) {
+            r = ib_error_set(IB_EINVALID, "RUN: at most 16 --mount");
+            break;
+        }
+        char *dst = ib_xasprintf("%s/bind-%zu", scratch, i);
+        r = bind_copy(&bl.v[i], bl.v[i].src, dst);
+        ib_sandbox_mount *m = &rm.m[rm.n++];
+        m->source = own(&rm, dst);
+        m->target = own(&rm, ib_xstrdup(bl.v[i].target));
+        m->is_file = bl.v[i].type != IB_CT_DIR;
+        m->readonly = !bl.v[i].rw;
+    }
+    if (r < 0) {
         run_mounts_free(&rm);
         ib_fs_rm_rf(scratch);
         free(scratch);
@@ -1008,6 +1272,7 @@ done:
     }
     free(locator);
     free(sb.s);
+    bind_list_free(&bl);
     for (size_t i = 0; i < na; i++) free(argv[i]);
     free(argv);
     for (size_t i = 0; envp[i]; i++) free(envp[i]);
@@ -1133,30 +1398,10 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         env.workdir = json_string_value(json_object_get(st->cfg, "WorkingDir"));
         /* --from: a previous stage or an image; --chown by name: the stage's own /etc/passwd. */
         const char *from = ib_df_flag_get(in, "from", NULL);
-        char *from_x = NULL;
-        ib_context *from_ctx = NULL;
-        stage tmp_img = {0};
+        from_src fsrc = {0};
         if (from) {
-            if ((r = expand(&from_x, b, st, from, in->line)) < 0) break;
-            stage *src = find_stage(b, from_x, st->index);
-            const char *root;
-            if (!src) {
-                tmp_img.index = 1000 + st->index;
-                if ((r = stage_from_image(b, &tmp_img, from_x, in->line)) < 0) {
-                    char *img_err = ib_xstrdup(ib_error_last());
-                    r = ib_error_set(IB_EINVALID, "%s --from=%s: no stage of that name before this line, and as an image: %s",
-                                     ib_df_kind_name(in->kind), from_x, img_err);
-                    free(img_err);
-                    goto copy_out;
-                }
-                src = &tmp_img;
-            } else if (!src->built) {
-                r = ib_error_set(IB_EINVALID, "--from=%s: stage is not built", from_x);
-                goto copy_out;
-            }
-            if ((r = stage_rootfs(&root, b, src)) < 0) goto copy_out;
-            if ((r = ib_context_open_dir(&from_ctx, NULL, root, 0)) < 0) goto copy_out;
-            env.ctx = from_ctx;
+            if ((r = open_from(&fsrc, b, st, in, from)) < 0) goto copy_out;
+            env.ctx = fsrc.ctx;
             env.ignore = NULL;
         }
         const char *chown = ib_df_flag_get(in, "chown", NULL);
@@ -1181,24 +1426,7 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         if (r == 0 && sref.why) snprintf(why, sizeof why, sref.hit ? "%s" : "rebuilt: %s", sref.why);
         free(sref.why);
     copy_out:
-        free(from_x);
-        ib_context_free(from_ctx);
-        if (tmp_img.cfg) {
-            json_decref(tmp_img.cfg);
-            json_decref(tmp_img.history);
-            json_decref(tmp_img.base_annotations);
-            for (size_t i = 0; i < tmp_img.nlayers; i++) {
-                free(tmp_img.layers[i].media_type);
-                free(tmp_img.diff_ids[i]);
-            }
-            free(tmp_img.layers);
-            free(tmp_img.diff_ids);
-            kv_clear(&tmp_img.env);
-            free(tmp_img.os);
-            free(tmp_img.arch);
-            if (tmp_img.rootfs) ib_fs_rm_rf(tmp_img.rootfs);
-            free(tmp_img.rootfs);
-        }
+        close_from(&fsrc);
         break;
     }
     default:
@@ -1395,6 +1623,19 @@ static int split_stages(build *b)
 
 /* Marks the stages the target needs: its FROM chain and COPY --from sources.
  * Unneeded stages are skipped, as BuildKit does. */
+static int mark_from(build *b, size_t k, const char *from, int line)
+{
+    char *fx;
+    if (expand(&fx, b, NULL, from, line) < 0) return 0; /* reported when the step runs */
+    stage *d = find_stage(b, fx, k);
+    int r = 0;
+    if (d) d->needed = 1;
+    else if (find_stage(b, fx, b->nstages))
+        r = ib_error_set(IB_EINVALID, "%s:%d: --from=%s refers to a later stage", b->df_name, line, fx);
+    free(fx);
+    return r;
+}
+
 static int mark_needed(build *b, size_t target)
 {
     b->stages[target].needed = 1;
@@ -1404,19 +1645,22 @@ static int mark_needed(build *b, size_t target)
         stage *dep = find_stage(b, st->base, k);
         if (dep && dep->name && !strcasecmp(dep->name, st->base)) dep->needed = 1;
         for (size_t i = st->first; i < st->end; i++) {
-            const char *from = ib_df_flag_get(&b->df->instrs[i], "from", NULL);
-            if (!from || (b->df->instrs[i].kind != IB_DF_COPY && b->df->instrs[i].kind != IB_DF_ADD)) continue;
-            char *fx;
-            if (expand(&fx, b, NULL, from, b->df->instrs[i].line) < 0) continue;
-            stage *d = find_stage(b, fx, k);
-            if (d) d->needed = 1;
-            else if (find_stage(b, fx, b->nstages)) {
-                int r = ib_error_set(IB_EINVALID, "%s:%d: --from=%s refers to a later stage", b->df_name,
-                                     b->df->instrs[i].line, fx);
-                free(fx);
-                return r;
+            const ib_df_instr *in = &b->df->instrs[i];
+            int r = 0;
+            if (in->kind == IB_DF_COPY || in->kind == IB_DF_ADD) {
+                const char *from = ib_df_flag_get(in, "from", NULL);
+                if (from) r = mark_from(b, k, from, in->line);
+            } else if (in->kind == IB_DF_RUN) {
+                /* RUN --mount=type=bind,from=STAGE */
+                for (size_t f = 0; f < in->nflags && r == 0; f++) {
+                    char mfrom[512], mtype[32] = "bind";
+                    if (strcmp(in->flags[f].name, "mount") || !in->flags[f].value) continue;
+                    opt_get(in->flags[f].value, "type", mtype, sizeof mtype);
+                    if (!strcmp(mtype, "bind") && opt_get(in->flags[f].value, "from", mfrom, sizeof mfrom))
+                        r = mark_from(b, k, mfrom, in->line);
+                }
             }
-            free(fx);
+            if (r < 0) return r;
         }
     }
     return 0;

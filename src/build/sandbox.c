@@ -254,6 +254,18 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
                 else if (S_ISREG(sb.st_mode) && sb.st_size == 0) unlink(up);
             }
             free(up);
+            /* and the parents the mkdir -p made, while empty and not in the image */
+            char *t = ib_xstrdup(o->mounts[i].target);
+            for (char *slash = strrchr(t, '/'); slash && slash != t; slash = strrchr(t, '/')) {
+                *slash = '\0';
+                char *low = ib_fs_join(o->lower, t), *upp = ib_fs_join(upper, t);
+                int in_image = lstat(low, &sb) == 0;
+                int gone = !in_image && lstat(upp, &sb) == 0 && S_ISDIR(sb.st_mode) && rmdir(upp) == 0;
+                free(low);
+                free(upp);
+                if (!gone) break;
+            }
+            free(t);
         }
     }
     for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
