@@ -292,7 +292,80 @@ out:
 
 /* ---------- snapshot ---------- */
 
-static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, void *ctx)
+/* The extended attributes an image carries: file capabilities (setcap),
+ * user.* and ACLs; not overlayfs' own trusted.* bookkeeping nor the host's
+ * SELinux label. Packed as the layer writer wants them, sorted by name. */
+static int want_xattr(const char *name)
+{
+    return strncmp(name, "trusted.", 8) && strcmp(name, "security.selinux");
+}
+
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static unsigned char *read_xattrs(const char *path, size_t *len)
+{
+    *len = 0;
+    ssize_t n = llistxattr(path, NULL, 0);
+    if (n <= 0) return NULL;
+    char *names = ib_xmalloc((size_t)n);
+    n = llistxattr(path, names, (size_t)n);
+    if (n <= 0) {
+        free(names);
+        return NULL;
+    }
+    char *v[64];
+    size_t nv = 0;
+    for (char *p = names; p < names + n && nv < 64; p += strlen(p) + 1)
+        if (want_xattr(p)) v[nv++] = p;
+    qsort(v, nv, sizeof *v, cmp_cstr);
+    unsigned char *out = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < nv; i++) {
+        ssize_t vl = lgetxattr(path, v[i], NULL, 0);
+        if (vl < 0) continue;
+        size_t nl = strlen(v[i]), need = *len + nl + 5 + (size_t)vl;
+        if (need > cap) {
+            cap = need * 2;
+            out = ib_xrealloc(out, cap);
+        }
+        memcpy(out + *len, v[i], nl + 1);
+        unsigned char *lp = out + *len + nl + 1;
+        vl = vl ? lgetxattr(path, v[i], lp + 4, (size_t)vl) : 0;
+        if (vl < 0) continue;
+        lp[0] = (unsigned char)(vl >> 24);
+        lp[1] = (unsigned char)(vl >> 16);
+        lp[2] = (unsigned char)(vl >> 8);
+        lp[3] = (unsigned char)vl;
+        *len += nl + 5 + (size_t)vl;
+    }
+    free(names);
+    if (!*len) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* Files with several names in the upper dir: (inode, path) pairs, so that
+ * all names but the first (in layer order) become hardlinks to it. */
+typedef struct {
+    ino_t ino;
+    char *path;
+} link_name;
+
+typedef struct {
+    link_name *v;
+    size_t n, cap;
+} link_names;
+
+static int cmp_link(const void *a, const void *b)
+{
+    const link_name *x = a, *y = b;
+    if (x->ino != y->ino) return x->ino < y->ino ? -1 : 1;
+    return strcmp(x->path, y->path);
+}
+
+static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, void *ctx, link_names *ln)
 {
     char *dir = *rel ? ib_fs_join(upper, rel) : ib_xstrdup(upper);
     DIR *d = opendir(dir);
@@ -315,9 +388,12 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
             ib_layer_entry e = {.path = rp, .type = IB_LE_WHITEOUT};
             r = ib_layer_add(b, &e);
         } else if (S_ISDIR(sb.st_mode)) {
+            size_t xl_len;
+            unsigned char *xa = read_xattrs(ap, &xl_len);
             ib_layer_entry e = {.path = rp, .type = IB_LE_DIR, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
-                                .gid = sb.st_gid};
+                                .gid = sb.st_gid, .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
+            free(xa);
             char v[4];
             ssize_t xl = getxattr(ap, "trusted.overlay.opaque", v, sizeof v);
             if (r == 0 && xl == 1 && v[0] == 'y') {
@@ -327,7 +403,7 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
                 r = ib_layer_add(b, &w);
                 free(opq);
             }
-            if (r == 0) r = diff_walk(b, upper, rp, ctx);
+            if (r == 0) r = diff_walk(b, upper, rp, ctx, ln);
         } else if (S_ISLNK(sb.st_mode)) {
             char t[4096];
             ssize_t n = readlink(ap, t, sizeof t - 1);
@@ -340,10 +416,21 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
                 r = ib_layer_add(b, &e);
             }
         } else if (S_ISREG(sb.st_mode)) {
+            size_t xl_len;
+            unsigned char *xa = read_xattrs(ap, &xl_len);
             ib_layer_entry e = {.path = rp, .type = IB_LE_FILE, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
                                 .gid = sb.st_gid, .size = (uint64_t)sb.st_size, .src = ctx, .src_path = rp,
-                                .content = ib_context_read};
+                                .content = ib_context_read, .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
+            free(xa);
+            if (r == 0 && sb.st_nlink > 1) {
+                if (ln->n == ln->cap) {
+                    ln->cap = ln->cap ? ln->cap * 2 : 16;
+                    ln->v = ib_xrealloc(ln->v, ln->cap * sizeof *ln->v);
+                }
+                ln->v[ln->n].ino = sb.st_ino;
+                ln->v[ln->n++].path = ib_xstrdup(rp);
+            }
         }
         /* sockets, fifos and device nodes a command made are not image content */
         free(ap);
@@ -356,5 +443,30 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
 
 int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx)
 {
-    return diff_walk(b, upper, "", upper_ctx);
+    link_names ln = {0};
+    int r = diff_walk(b, upper, "", upper_ctx, &ln);
+    /* Names of one inode: the first in path order keeps the content, the
+     * others are re-added (the last entry for a path wins) as hardlinks. A
+     * name whose twin lives only in a lower layer stays a plain file. */
+    if (ln.n) qsort(ln.v, ln.n, sizeof *ln.v, cmp_link);
+    for (size_t i = 1; r == 0 && i < ln.n; i++) {
+        if (ln.v[i].ino != ln.v[i - 1].ino) continue;
+        size_t first = i - 1;
+        while (first > 0 && ln.v[first - 1].ino == ln.v[i].ino) first--;
+        char *ap = ib_fs_join(upper, ln.v[i].path);
+        struct stat sb;
+        if (lstat(ap, &sb) == 0) {
+            size_t xl_len;
+            unsigned char *xa = read_xattrs(ap, &xl_len);
+            ib_layer_entry e = {.path = ln.v[i].path, .type = IB_LE_FILE, .mode = sb.st_mode & 07777,
+                                .uid = sb.st_uid, .gid = sb.st_gid, .size = (uint64_t)sb.st_size,
+                                .hardlink = ln.v[first].path, .xattrs = xa, .xattrs_len = xl_len};
+            r = ib_layer_add(b, &e);
+            free(xa);
+        }
+        free(ap);
+    }
+    for (size_t i = 0; i < ln.n; i++) free(ln.v[i].path);
+    free(ln.v);
+    return r;
 }

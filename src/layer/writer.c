@@ -18,6 +18,9 @@ typedef struct {
     void *src;
     char *src_path;
     ib_layer_content_fn content;
+    char *hardlink;
+    unsigned char *xattrs;
+    size_t xattrs_len;
     size_t seq;
 } entry;
 
@@ -44,6 +47,8 @@ static void entry_clear(entry *e)
     free(e->link);
     free(e->content_id);
     free(e->src_path);
+    free(e->hardlink);
+    free(e->xattrs);
 }
 
 void ib_layer_builder_free(ib_layer_builder *b)
@@ -100,7 +105,13 @@ int ib_layer_add(ib_layer_builder *b, const ib_layer_entry *in)
                .content_id = in->content_id ? ib_xstrdup(in->content_id) : NULL,
                .src = in->src,
                .src_path = in->src_path ? ib_xstrdup(in->src_path) : NULL,
-               .content = in->content};
+               .content = in->content,
+               .hardlink = in->hardlink ? norm_path(in->hardlink) : NULL,
+               .xattrs_len = in->xattrs ? in->xattrs_len : 0};
+    if (e.xattrs_len) {
+        e.xattrs = ib_xmalloc(e.xattrs_len);
+        memcpy(e.xattrs, in->xattrs, e.xattrs_len);
+    }
     push(b, &e);
     return 0;
 }
@@ -192,8 +203,20 @@ static int write_entry(struct archive *a, struct archive_entry *ae, const entry 
             break;
         default:
             archive_entry_set_filetype(ae, AE_IFREG);
-            archive_entry_set_size(ae, (la_int64_t)e->size);
+            archive_entry_set_size(ae, e->hardlink ? 0 : (la_int64_t)e->size);
+            if (e->hardlink) archive_entry_set_hardlink(ae, e->hardlink);
             break;
+        }
+        /* pax SCHILY.xattr records, in name order: part of the layer's bytes */
+        for (size_t o = 0; o < e->xattrs_len;) {
+            const char *name = (const char *)e->xattrs + o;
+            size_t nl = strnlen(name, e->xattrs_len - o);
+            if (o + nl + 5 > e->xattrs_len) break;
+            const unsigned char *lp = e->xattrs + o + nl + 1;
+            size_t vl = (size_t)lp[0] << 24 | (size_t)lp[1] << 16 | (size_t)lp[2] << 8 | lp[3];
+            if (o + nl + 5 + vl > e->xattrs_len) break;
+            archive_entry_xattr_add_entry(ae, name, lp + 4, vl);
+            o += nl + 5 + vl;
         }
     }
     archive_entry_set_uid(ae, e->uid);
@@ -201,7 +224,7 @@ static int write_entry(struct archive *a, struct archive_entry *ae, const entry 
     archive_entry_set_mtime(ae, epoch, 0);
     if (archive_write_header(a, ae) != ARCHIVE_OK)
         return ib_error_set(IB_ERR, "layer tar: %s: %s", e->path, archive_error_string(a));
-    if (e->type == IB_LE_FILE && e->size > 0) {
+    if (e->type == IB_LE_FILE && e->size > 0 && !e->hardlink) {
         struct data_ctx d = {a, 0, e->size, e->src_path ? e->src_path : e->path};
         int r = e->content(e->src, e->src_path, data_sink, &d);
         if (r < 0) return r;
@@ -280,8 +303,11 @@ void ib_layer_builder_digest(char *out, ib_layer_builder *b)
                          (unsigned long long)e->size);
         ib_digest_update(d, line, (size_t)n);
         /* lengths first, so no two different entry lists hash the same text */
-        const char *parts[] = {e->path, e->link ? e->link : "", e->content_id ? e->content_id : ""};
-        for (int k = 0; k < 3; k++) {
+        char xd[IB_DIGEST_STRLEN + 1] = "";
+        if (e->xattrs_len) ib_digest_buf(xd, e->xattrs, e->xattrs_len);
+        const char *parts[] = {e->path, e->link ? e->link : "", e->content_id ? e->content_id : "",
+                               e->hardlink ? e->hardlink : "", xd};
+        for (int k = 0; k < 5; k++) {
             n = snprintf(line, sizeof line, "%zu:", strlen(parts[k]));
             ib_digest_update(d, line, (size_t)n);
             ib_digest_update(d, parts[k], strlen(parts[k]));

@@ -29,6 +29,13 @@ typedef struct {
     void *src;            /* files: passed to the content fn */
     const char *src_path;
     ib_layer_content_fn content;
+    /* files: written as a hardlink to this path of the same layer, which must
+     * sort before it (the content fn is then not called) */
+    const char *hardlink;
+    /* extended attributes (security.capability, user.*): records of "name\0",
+     * a 4-byte big-endian value length and the value, sorted by name */
+    const unsigned char *xattrs;
+    size_t xattrs_len;
 } ib_layer_entry;
 
 typedef struct {

@@ -77,4 +77,29 @@ test_expect_success 'a new pin reruns pip and says why' '
     grep -q "Successfully installed ibdemo-1.0" "$TMP/last.err"
 '
 
+test_expect_success 'RUN layers keep file capabilities, user xattrs and hardlinks (and the next RUN sees them)' '
+    X=$TMP/caps && new_repo "$X" &&
+    cat >"$X/Dockerfile" <<DF &&
+FROM local/pybase:dirty AS capd
+RUN python3 -c "import os; p=\"/usr/local/bin/pinger\"; open(p,\"w\").write(\"x\"); os.setxattr(p,\"security.capability\",bytes.fromhex(\"0100000200200000000000000000000000000000\")); os.setxattr(p,\"user.origin\",b\"imgbuild\")" && ln /usr/local/bin/pinger /usr/local/bin/pinger-hard
+FROM capd
+RUN python3 -c "import os; p=\"/usr/local/bin/pinger-hard\"; assert os.getxattr(p,\"security.capability\").hex()==\"0100000200200000000000000000000000000000\"; assert os.stat(p).st_nlink==2; open(\"/seen\",\"w\").write(os.getxattr(p,\"user.origin\").decode())"
+DF
+    commit_all "$X" caps &&
+    (cd "$X" && ib -o "$TMP/caps.tar" --progress plain >/dev/null) &&
+    L=$(layer "$TMP/caps.tar" 1) && tar -xOf "$TMP/caps.tar" "blobs/sha256/${L#sha256:}" >"$TMP/caps.layer" &&
+    python3 - "$TMP/caps.layer" <<PY
+import sys, tarfile
+t = tarfile.open(sys.argv[1])
+m = {i.name: i for i in t.getmembers()}
+f, h = m["usr/local/bin/pinger"], m["usr/local/bin/pinger-hard"]
+cap = f.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
+assert cap.hex() == "0100000200200000000000000000000000000000", cap.hex()
+assert f.pax_headers["SCHILY.xattr.user.origin"] == "imgbuild"
+assert h.islnk() and h.linkname == "usr/local/bin/pinger", (h.type, h.linkname)
+assert not any(k.startswith("SCHILY.xattr.trusted.") for i in t.getmembers() for k in i.pax_headers)
+PY
+    unpack_image "$TMP/caps.tar" "$TMP/capsu" && test "$(cat "$TMP/capsu/rootfs/seen")" = imgbuild
+'
+
 test_done
