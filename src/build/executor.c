@@ -19,6 +19,7 @@
 #include "registry/transfer.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <stdarg.h>
 #include <errno.h>
 #include <jansson.h>
@@ -137,6 +138,12 @@ typedef struct {
     ib_remote_cache **rfrom;
     size_t nrfrom;
     ib_remote_cache *rto;
+    /* cache mounts used by RUNs of this build (exported with --cache-to) */
+    struct used_mount {
+        char name[33];
+        char *dir, *target;
+    } mounts[16];
+    size_t nmounts;
     struct exported {
         char key[IB_DIGEST_STRLEN + 1];
         ib_layer_result res;
@@ -1035,6 +1042,51 @@ static const char *own(run_mounts *rm, char *s)
     return s;
 }
 
+static int dir_is_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 1;
+    struct dirent *e;
+    int empty = 1;
+    while (empty && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty;
+}
+
+/* Remembers a cache mount for --cache-to and, the first time a build uses an
+ * empty one, fills it from --cache-from: a fresh CI runner starts with the
+ * wheels the last runner downloaded. A registry that fails is a warning. */
+static void use_cache_mount(build *b, const char *hex, const char *dir, const char *target)
+{
+    char name[33];
+    snprintf(name, sizeof name, "%.32s", hex);
+    for (size_t i = 0; i < b->nmounts; i++)
+        if (!strcmp(b->mounts[i].name, name)) return;
+    if (b->nmounts == sizeof b->mounts / sizeof *b->mounts) return;
+    struct used_mount *u = &b->mounts[b->nmounts++];
+    memcpy(u->name, name, sizeof name);
+    u->dir = ib_xstrdup(dir);
+    u->target = ib_xstrdup(target);
+    if (!dir_is_empty(dir)) return;
+    for (size_t i = 0; i < b->nrfrom; i++) {
+        if (!b->rfrom[i]) continue;
+        uint64_t size = 0;
+        double t0 = ib_now();
+        int r = ib_remote_cache_get_mount(&size, b->rfrom[i], b->store, name, dir);
+        if (r == 1) {
+            char hs[32];
+            ib_human_size(hs, size);
+            ib_progress_msg(b->prog, "info", "cache mount %s imported from %s (%s, %.2fs)", target,
+                            ib_remote_cache_name(b->rfrom[i]), hs, ib_now() - t0);
+            return;
+        }
+        if (r < 0)
+            ib_progress_msg(b->prog, "warning", "--cache-from %s: cache mount %s: %s", ib_remote_cache_name(b->rfrom[i]),
+                            target, ib_error_last());
+    }
+}
+
 /* RUN --mount=type=cache (a dir under the cache dir that outlives builds and
  * never enters a layer) and type=secret (a --secret file, read-only, never
  * in a layer or a cache key). */
@@ -1081,6 +1133,7 @@ static int parse_mounts(run_mounts *rm, build *b, const ib_df_instr *in)
                     rm->lockfds[rm->nlocks++] = fd;
                 }
             }
+            use_cache_mount(b, ib_digest_hex(dg), dir, tgt);
             m->source = own(rm, dir);
             m->target = own(rm, ib_xstrdup(tgt));
             rm->n++;
@@ -1939,6 +1992,21 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
         }
         ib_progress_msg(b->prog, "info", "exported %zu cache entr%s to %s (%.2fs)", b->nexports,
                         b->nexports == 1 ? "y" : "ies", ib_remote_cache_name(b->rto), ib_now() - t0);
+        for (size_t i = 0; i < b->nmounts; i++) {
+            uint64_t size = 0;
+            int pushed = 0;
+            t0 = ib_now();
+            r = ib_remote_cache_put_mount(&size, &pushed, b->rto, b->store, b->mounts[i].name, b->mounts[i].dir,
+                                          b->mounts[i].target, b->o->compression, b->o->threads);
+            if (r < 0) {
+                ib_error_wrap(r, "--cache-to %s: cache mount %s", ib_remote_cache_name(b->rto), b->mounts[i].target);
+                goto out;
+            }
+            char hs[32];
+            ib_human_size(hs, size);
+            ib_progress_msg(b->prog, "info", "cache mount %s %s %s (%s, %.2fs)", b->mounts[i].target,
+                            pushed ? "exported to" : "unchanged in", ib_remote_cache_name(b->rto), hs, ib_now() - t0);
+        }
     }
 
     /* Names: tag sha-<commit>, repository from --name or the context dir. */
@@ -2006,6 +2074,10 @@ out:
     res->cached = b->cached;
     res->built = b->built;
     for (size_t i = 0; i < b->nrfrom; i++) ib_remote_cache_free(b->rfrom[i]);
+    for (size_t i = 0; i < b->nmounts; i++) {
+        free(b->mounts[i].dir);
+        free(b->mounts[i].target);
+    }
     free(b->rfrom);
     ib_remote_cache_free(b->rto);
     for (size_t i = 0; i < b->nexports; i++) free(b->exports[i].created_by);

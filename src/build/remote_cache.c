@@ -1,5 +1,8 @@
 #include "build/remote_cache.h"
 #include "common/error.h"
+#include "build/context.h"
+#include "build/sandbox.h"
+#include "layer/apply.h"
 #include "layer/index.h"
 #include "oci/image.h"
 #include "oci/reference.h"
@@ -159,5 +162,105 @@ int ib_remote_cache_put(ib_remote_cache *c, ib_store *s, const char *key, const 
         free(mtext);
     }
     free(tag);
+    return rc;
+}
+
+static char *mount_tag(const char *name) { return ib_xasprintf("mount-%s", name); }
+
+int ib_remote_cache_put_mount(uint64_t *size, int *pushed, ib_remote_cache *c, ib_store *s, const char *name,
+                              const char *dir, const char *target, ib_comp_algo algo, int threads)
+{
+    *size = 0;
+    *pushed = 0;
+    /* The directory as a layer: the same walk as a RUN snapshot (modes,
+     * owners, symlinks, hardlinks), with fixed file times so that an
+     * unchanged cache gives the same digest and is not pushed again. */
+    ib_context *ctx = NULL;
+    ib_layer_builder *lb = ib_layer_builder_new();
+    ib_layer_result res;
+    int rc = ib_context_open_dir(&ctx, NULL, dir, 0);
+    if (rc == 0) rc = ib_sandbox_diff(lb, dir, ctx);
+    if (rc == 0) rc = ib_layer_write(&res, lb, s, algo, threads, 315532800);
+    ib_layer_builder_free(lb);
+    ib_context_free(ctx);
+    if (rc < 0) return rc;
+    *size = res.size;
+    json_t *cfg = json_pack("{s:s,s:s,s:{},s:{s:s,s:[s]},s:[{s:s,s:s}]}", "architecture", "amd64", "os", "linux",
+                            "config", "rootfs", "type", "layers", "diff_ids", res.diff_id, "history", "created_by",
+                            target, "comment", "imgbuild cache mount");
+    char *ctext = ib_json_dump(cfg);
+    json_decref(cfg);
+    ib_desc cd = {IB_MT_OCI_CONFIG, {0}, strlen(ctext)};
+    rc = ib_store_put_blob(cd.digest, s, ctext, strlen(ctext));
+    free(ctext);
+    ib_desc ld = {(char *)res.media_type, {0}, res.size};
+    memcpy(ld.digest, res.digest, sizeof ld.digest);
+    json_t *man = json_object();
+    json_object_set_new(man, "schemaVersion", json_integer(2));
+    json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
+    json_object_set_new(man, "config", ib_desc_to_json(&cd));
+    json_t *ls = json_array();
+    json_array_append_new(ls, ib_desc_to_json(&ld));
+    json_object_set_new(man, "layers", ls);
+    json_object_set_new(man, "annotations", json_pack("{s:s,s:s}", "org.imgbuild.cache.mount", name,
+                                                       "org.imgbuild.cache.mount.target", target));
+    char *mtext = ib_json_dump(man);
+    json_decref(man);
+    char mdg[IB_DIGEST_STRLEN + 1], have[IB_DIGEST_STRLEN + 1];
+    ib_digest_buf(mdg, mtext, strlen(mtext));
+    char *tag = mount_tag(name);
+    int h = rc == 0 ? ib_registry_manifest_head(have, c->reg, c->repo, tag) : rc;
+    if (h == 0 && !strcmp(have, mdg)) {
+        rc = 0; /* unchanged since the last push */
+    } else if (h < 0 && h != IB_ENOTFOUND) {
+        rc = h;
+    } else {
+        int exists = 0;
+        rc = ib_registry_blob_exists(&exists, c->reg, c->repo, cd.digest);
+        if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, cd.digest, s);
+        if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, res.digest);
+        if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, res.digest, s);
+        if (rc == 0) rc = ib_registry_manifest_put(c->reg, c->repo, tag, mtext, strlen(mtext), IB_MT_OCI_MANIFEST, mdg);
+        if (rc == 0) *pushed = 1;
+    }
+    free(tag);
+    free(mtext);
+    return rc;
+}
+
+int ib_remote_cache_get_mount(uint64_t *size, ib_remote_cache *c, ib_store *s, const char *name, const char *dir)
+{
+    *size = 0;
+    char *tag = mount_tag(name), *body = NULL, *mt = NULL;
+    size_t len = 0;
+    char mdg[IB_DIGEST_STRLEN + 1];
+    int rc = ib_registry_manifest_get(&body, &len, &mt, mdg, c->reg, c->repo, tag);
+    free(tag);
+    free(mt);
+    if (rc == IB_ENOTFOUND) return 0;
+    if (rc < 0) return rc;
+    json_t *man = json_loadb(body, len, 0, NULL);
+    free(body);
+    ib_desc lay = {0};
+    const char *ann = json_string_value(json_object_get(json_object_get(man, "annotations"), "org.imgbuild.cache.mount"));
+    rc = ib_desc_from_json(&lay, json_array_get(json_object_get(man, "layers"), 0));
+    if (rc == 0 && (!ann || strcmp(ann, name) || json_array_size(json_object_get(man, "layers")) != 1 ||
+                    !ib_image_layer_mt_to_oci(lay.media_type)))
+        rc = ib_error_set(IB_EINVALID, "%s: mount-%s is not a cache mount of ours", c->name, name);
+    json_decref(man);
+    /* verified against its digest on the way in; unpacked with the checks
+     * every layer gets (no "..", no escaping links) */
+    if (rc == 0 && !ib_store_has_blob(s, lay.digest, NULL))
+        rc = ib_registry_blob_fetch(c->reg, c->repo, lay.digest, lay.size, s);
+    if (rc == 0) {
+        char *bp = ib_store_blob_path(s, lay.digest);
+        rc = ib_layer_apply(NULL, dir, bp);
+        free(bp);
+    }
+    if (rc == 0) {
+        *size = lay.size;
+        rc = 1;
+    }
+    ib_desc_clear(&lay);
     return rc;
 }

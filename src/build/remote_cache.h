@@ -27,4 +27,13 @@ int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *rc, ib_store *s, 
 int ib_remote_cache_put(ib_remote_cache *rc, ib_store *s, const char *key, const ib_layer_result *res,
                         const char *created_by);
 
+/* Cache mounts (RUN --mount=type=cache) travel too, which BuildKit cannot do
+ * (buildkit#1474): the directory is one layer of an image tagged
+ * "mount-<name>" (name: the mount's id hash), pushed again only when its
+ * content changed, so a fresh runner starts with a warm pip/uv cache. */
+int ib_remote_cache_put_mount(uint64_t *size, int *pushed, ib_remote_cache *rc, ib_store *s, const char *name,
+                              const char *dir, const char *target, ib_comp_algo algo, int threads);
+/* Fills dir (an empty cache mount) from the image tagged mount-<name>,
+ * verified and unpacked with the layer checks: 1 imported, 0 none there. */
+int ib_remote_cache_get_mount(uint64_t *size, ib_remote_cache *rc, ib_store *s, const char *name, const char *dir);
 #endif

@@ -69,4 +69,31 @@ test_expect_success 'an unreachable cache source is a warning, not a failure' '
     grep -q "^imgbuild: error: --cache-to .*the tags are the cache keys" "$TMP/last.err" && test ! -e "$TMP/e.tar"
 '
 
+test_expect_success 'cache mounts travel: a fresh runner starts with the wheels the last one downloaded' '
+    BASE=local/bb:sha-$(git -C "$TMP/bb" rev-parse HEAD) &&
+    M=$TMP/mounts && new_repo "$M" &&
+    cat >"$M/Dockerfile" <<DF &&
+FROM $BASE
+ARG PIN=1
+ARG RUNNER
+RUN --mount=type=cache,target=/root/.cache/pip sh -c "test -f /root/.cache/pip/wheel-\$PIN || echo downloaded-by-\$RUNNER > /root/.cache/pip/wheel-\$PIN; echo pin \$PIN from \$(cat /root/.cache/pip/wheel-\$PIN) > /tmp/got"
+DF
+    commit_all "$M" m &&
+    export IMGBUILD_CACHE="$TMP/runner-g" && ib load "$TMP/bb.tar" >/dev/null &&
+    (cd "$M" && ib --plain-http --build-arg RUNNER=g --cache-to "$P_HOST/wepp/buildcache" -o "$TMP/m1.tar" --progress plain >/dev/null) &&
+    grep -q "cache mount /root/.cache/pip exported to $P_HOST/wepp/buildcache" "$TMP/last.err" &&
+    test "$(registry_count P "^PUT /v2/wepp/buildcache/manifests/mount-[0-9a-f]{32} 201$")" = 1 &&
+    (cd "$M" && ib --plain-http --build-arg RUNNER=g --build-arg PIN=2 --cache-to "$P_HOST/wepp/buildcache" -o "$TMP/m1b.tar" --progress plain >/dev/null) &&
+    grep -q "cache mount /root/.cache/pip exported to" "$TMP/last.err" &&
+    (cd "$M" && ib --plain-http --build-arg RUNNER=g --build-arg PIN=2 --no-cache --cache-to "$P_HOST/wepp/buildcache" -o "$TMP/m1c.tar" --progress plain >/dev/null) &&
+    grep -q "cache mount /root/.cache/pip unchanged in" "$TMP/last.err" &&
+    test "$(registry_count P "^PUT /v2/wepp/buildcache/manifests/mount-[0-9a-f]{32} 201$")" = 2 &&
+    export IMGBUILD_CACHE="$TMP/runner-h" && ib load "$TMP/bb.tar" >/dev/null &&
+    (cd "$M" && ib --plain-http --build-arg RUNNER=h --build-arg PIN=1 --no-cache --cache-from "$P_HOST/wepp/buildcache" -o "$TMP/m2.tar" --progress plain >/dev/null) &&
+    grep -q "cache mount /root/.cache/pip imported from $P_HOST/wepp/buildcache" "$TMP/last.err" &&
+    unpack_image "$TMP/m2.tar" "$TMP/m2" && test "$(cat "$TMP/m2/rootfs/tmp/got")" = "pin 1 from downloaded-by-g" &&
+    test ! -e "$TMP/m2/rootfs/root/.cache/pip/wheel-1" &&
+    ls "$TMP/runner-h/mounts/"*/wheel-2 >/dev/null
+'
+
 test_done
