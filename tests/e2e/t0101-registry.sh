@@ -139,4 +139,12 @@ test_expect_success 'a manifest that does not exist, an unreachable registry' '
     expect_error "127.0.0.1:1" pull --plain-http "127.0.0.1:1/wepp/app:x"
 '
 
+test_expect_success 'a manifest over 4 MiB is refused (Distribution refuses to store one: a proxy pads a real one)' '
+    PAD_MANIFESTS=$((4 << 20)) tamper_proxy PAD "$P_HOST" || exit 1
+    export IMGBUILD_CACHE="$TMP/cache-huge" &&
+    expect_error "manifest larger than 4 MiB \(refused\)" pull --plain-http "$PAD/wepp/app:sha-$SHA" &&
+    grep -q "GET /v2/wepp/app/manifests/sha-$SHA 200 padded" "$PAD_LOG" &&
+    test -z "$(ls -A "$IMGBUILD_CACHE/refs" 2>/dev/null)"
+'
+
 test_done

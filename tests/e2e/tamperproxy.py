@@ -11,7 +11,9 @@ Distribution's absolute Location URLs point back at the proxy. For GET
 the body is XORed with 0x01; everything else is untouched. MAX_TAMPERS (default
 0 = unlimited) stops tampering after that many bodies. LOG gets
   <METHOD> <path> <status> [tampered offset=N]
-per request.
+per request. With env PAD_MANIFESTS=N, a GET of /v2/<name>/manifests/<ref>
+answered 200 gets N spaces appended instead (still valid JSON, now too big)
+and is logged "padded N".
 """
 import http.client
 import os
@@ -28,6 +30,8 @@ max_tampers = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] else 0
 upstream_ca = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
 
 BLOB = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
+MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
+pad_manifests = int(os.environ.get("PAD_MANIFESTS", "0") or 0)
 HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 lock = threading.Lock()
 state = {"tampered": 0}
@@ -94,7 +98,10 @@ class Handler(BaseHTTPRequestHandler):
         data = resp.read()
         path = self.path.split("?", 1)[0]
         note = ""
-        if (self.command == "GET" and resp.status in (200, 206) and BLOB.match(path) and data):
+        if pad_manifests and self.command == "GET" and resp.status == 200 and MANIFEST.match(path):
+            data += b" " * pad_manifests
+            note = " padded %d" % pad_manifests
+        elif (self.command == "GET" and resp.status in (200, 206) and BLOB.match(path) and data):
             with lock:
                 go = max_tampers == 0 or state["tampered"] < max_tampers
                 if go:
