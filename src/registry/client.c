@@ -229,9 +229,18 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
                     added |= add_scope_locked(r, t);
                 free(dup);
             }
+            /* RFC 6750 invalid_token: ours expired on the registry's clock (or
+             * was revoked) before it did on ours. Fetch a new one and retry. */
+            int expired = !fresh_elsewhere && kind == AUTH_BEARER && r->token && c.error &&
+                          !strcmp(c.error, "invalid_token");
+            if (expired) {
+                free(r->token);
+                r->token = NULL;
+            }
             /* The token we sent already covered what the registry asks for:
              * no permission, or no credentials at all. */
-            if (!fresh_elsewhere && kind == AUTH_BEARER && r->token && !added) err = r->cred_state == 1 ? 2 : 3;
+            if (!expired && !fresh_elsewhere && kind == AUTH_BEARER && r->token && !added)
+                err = r->cred_state == 1 ? 2 : 3;
             ib_challenge_clear(&r->chal);
             r->chal = c;
             r->kind = AUTH_BEARER;

@@ -96,4 +96,21 @@ DF
     ls "$TMP/runner-h/mounts/"*/wheel-2 >/dev/null
 '
 
+test_expect_success 'a token that expires mid-build (registry clock) is fetched again, not taken for "access denied"' '
+    # tokens said to last 60 s that the registry rejects after 3 s (see tokenserver.py)
+    TOKEN_EXPIRY=60 TOKEN_EXP_SKEW=117 registry_start S token || exit 1
+    export IMGBUILD_CACHE="$TMP/runner-s" && ib load "$TMP/bb.tar" >/dev/null &&
+    printf "%s" "$S_PASS" | ib login "$S_HOST" -u "$S_USER" --password-stdin --ca-file "$S_CA" >/dev/null &&
+    BASE=local/bb:sha-$(git -C "$TMP/bb" rev-parse HEAD) &&
+    L=$TMP/long && new_repo "$L" &&
+    printf "FROM %s\nRUN echo a > /a\nRUN sleep 4\nRUN echo b > /b\n" "$BASE" >"$L/Dockerfile" && commit_all "$L" long &&
+    t0=$(token_count S) &&
+    (cd "$L" && ib --ca-file "$S_CA" --cache-from "$S_HOST/wepp/buildcache" --cache-to "$S_HOST/wepp/buildcache" \
+        -o "$TMP/long.tar" --progress plain >/dev/null) &&
+    ! grep -q "warning: --cache-from" "$TMP/last.err" &&
+    grep -q "exported 3 cache entries to $S_HOST/wepp/buildcache" "$TMP/last.err" &&
+    test $(( $(token_count S) - t0 )) -ge 2 &&
+    test "$(registry_count S " 401$")" -ge 2
+'
+
 test_done

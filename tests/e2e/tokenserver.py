@@ -11,7 +11,11 @@ certificate in x5c, as CNCF Distribution's token auth expects.
 
 ACL.json: {"users": {"NAME": {"password": "...", "access": {"GLOB": ["pull", ...]}}},
            "anonymous": {"GLOB": [...]}}   (GLOB is an fnmatch pattern on the repository)
-Expiry in seconds: env TOKEN_EXPIRY (default 300).
+Expiry in seconds: env TOKEN_EXPIRY (default 300). Env TOKEN_EXP_SKEW=N moves the
+JWT's exp claim N seconds earlier than expires_in says: Distribution accepts a
+token up to 60 s after exp, so a skew of 57 makes tokens die 3 s after issue
+while the client is told they last TOKEN_EXPIRY seconds (a registry whose
+clock runs ahead).
 Behaves like Harbor: POST gets 405, bad credentials get 401 with a JSON error,
 no credentials get an (empty-access) anonymous token.
 """
@@ -172,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
         expiry = int(os.environ.get("TOKEN_EXPIRY", "300"))
         claims = {
             "iss": self.server.opts.issuer, "sub": user or "", "aud": service,
-            "exp": now + expiry, "nbf": now - 1, "iat": now,
+            "exp": now + expiry - int(os.environ.get("TOKEN_EXP_SKEW", "0")), "nbf": now - 1, "iat": now,
             "jti": uuid.uuid4().hex, "access": access,
         }
         tok = self.server.signer.jwt(claims)
