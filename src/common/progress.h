@@ -27,6 +27,11 @@ void ib_progress_step_end(ib_progress *p, const char *status, uint64_t layer_siz
                           const char *note);
 /* A free-form message (warnings, summaries); kind e.g. "warning", "info". */
 void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A transfer in flight (a blob being pushed or pulled): a bar in the live
+ * area on a terminal, a "progress" event per tenth in JSON mode, nothing in
+ * plain mode (the finished line says it all). Thread-safe. */
+void ib_progress_bar(ib_progress *p, const char *id, const char *label, uint64_t done, uint64_t total);
+void ib_progress_bar_done(ib_progress *p, const char *id);
 /* Emits a final JSON object (json mode) / nothing in other modes. json_obj is a serialised object. */
 void ib_progress_result(ib_progress *p, const char *json_obj);
 

@@ -37,7 +37,15 @@ struct ib_registry {
     size_t nscopes;
     int scopes_dirty;
     ib_registry_stats st;
+    ib_registry_progress_fn progress;
+    void *progress_ud;
 };
+
+void ib_registry_on_progress(ib_registry *r, ib_registry_progress_fn fn, void *ud)
+{
+    r->progress = fn;
+    r->progress_ud = ud;
+}
 
 static int64_t now_s(void) { return (int64_t)time(NULL); }
 
@@ -379,6 +387,9 @@ int ib_registry_blob_mount(int *mounted, ib_registry *r, const char *repo, const
 struct fd_body {
     int fd;
     uint64_t start, len, pos;
+    ib_registry *r;
+    const char *digest;
+    uint64_t total;
 };
 
 static long long fd_read(void *ctx, char *buf, size_t n)
@@ -389,6 +400,7 @@ static long long fd_read(void *ctx, char *buf, size_t n)
     ssize_t k = pread(b->fd, buf, n, (off_t)(b->start + b->pos));
     if (k < 0) return -1;
     b->pos += (uint64_t)k;
+    if (b->r && b->r->progress) b->r->progress(b->r->progress_ud, b->digest, 1, b->start + b->pos, b->total);
     return k;
 }
 
@@ -451,7 +463,7 @@ restart:
     uint64_t off = 0;
     while (off < size) {
         uint64_t n = size - off < r->o.chunk_size ? size - off : r->o.chunk_size;
-        struct fd_body fb = {fd, off, n, 0};
+        struct fd_body fb = {fd, off, n, 0, r, digest, size};
         /* No rewind: curl would silently resend the chunk on a dead connection,
          * and Distribution appends PATCH bodies whatever Content-Range says. */
         ib_http_body body = {fd_read, NULL, &fb, (int64_t)n};
@@ -557,12 +569,15 @@ struct fetch_sink {
     ib_store *s;
     ib_blob_writer *w;
     uint64_t n, max;
+    ib_registry *r;
+    const char *digest;
 };
 
 static int fetch_write(void *ctx, const void *buf, size_t len)
 {
     struct fetch_sink *f = ctx;
     f->n += len;
+    if (f->r->progress) f->r->progress(f->r->progress_ud, f->digest, 0, f->n, f->max);
     if (f->max && f->n > f->max) return ib_error_set(IB_ECORRUPT, "blob larger than its descriptor says");
     return ib_blob_write(f->w, buf, len);
 }
@@ -578,7 +593,7 @@ static int fetch_reset(void *ctx)
 
 int ib_registry_blob_fetch(ib_registry *r, const char *repo, const char *digest, uint64_t size, ib_store *s)
 {
-    struct fetch_sink f = {s, NULL, 0, size};
+    struct fetch_sink f = {s, NULL, 0, size, r, digest};
     int rc = ib_store_blob_begin(&f.w, s);
     if (rc < 0) return rc;
     char *url = ib_xasprintf("%s/v2/%s/blobs/%s", r->base, repo, digest);

@@ -32,6 +32,11 @@ const char *ib_registry_host(const ib_registry *r);
  * so the next token covers it. */
 void ib_registry_want(ib_registry *r, const char *repo, const char *actions);
 
+/* Called from the transferring thread as blob bytes move (upload: read from
+ * the store; download: written to it), for progress bars. */
+typedef void (*ib_registry_progress_fn)(void *ud, const char *digest, int upload, uint64_t done, uint64_t total);
+void ib_registry_on_progress(ib_registry *r, ib_registry_progress_fn fn, void *ud);
+
 /* GET /v2/: checks reachability and credentials (login). */
 int ib_registry_ping(ib_registry *r);
 

@@ -63,8 +63,14 @@ typedef struct {
     int failed;
 } pool;
 
+static void on_progress(void *ud, const char *digest, int upload, uint64_t done, uint64_t total)
+{
+    ib_progress_bar(ud, digest, upload ? "pushing" : "pulling", done, total);
+}
+
 static void note(pool *pl, job *j, const char *what, double dt)
 {
+    ib_progress_bar_done(pl->p, j->digest);
     char hs[32];
     ib_human_size(hs, j->size);
     pthread_mutex_lock(&pl->mu);
@@ -114,7 +120,10 @@ static void run_job(pool *pl, job *j)
         }
     }
     j->rc = rc;
-    if (rc < 0) snprintf(j->err, sizeof j->err, "%s", ib_error_last());
+    if (rc < 0) {
+        snprintf(j->err, sizeof j->err, "%s", ib_error_last());
+        ib_progress_bar_done(pl->p, j->digest);
+    }
 }
 
 static void *worker(void *arg)
@@ -219,7 +228,9 @@ int ib_push(ib_push_result *res, ib_store *s, const char *manifest_digest, const
     for (size_t i = 0; i < n; i++)
         if (jobs[i].digest) jobs[m++] = jobs[i];
     pool pl = {.jobs = jobs, .n = m, .reg = reg, .s = s, .repo = dest->repo, .p = p, .push = 1};
+    ib_registry_on_progress(reg, on_progress, p);
     rc = run_pool(&pl, o && o->jobs > 0 ? o->jobs : 4);
+    ib_registry_on_progress(reg, NULL, NULL);
     for (size_t i = 0; rc == 0 && i < ntags; i++) {
         /* A tag that already names this exact manifest is left alone: re-running
          * a CI job must not trip Harbor's immutable-tag rule (412). */
@@ -331,7 +342,10 @@ int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platfo
     }
     if (rc == 0) {
         pool pl = {.jobs = jobs, .n = n, .reg = reg, .s = s, .repo = ref->repo, .p = p, .push = 0};
+        ib_registry_on_progress(reg, on_progress, p);
         rc = run_pool(&pl, o && o->jobs > 0 ? o->jobs : 4);
+        ib_registry_on_progress(reg, NULL, NULL);
+    ib_registry_on_progress(reg, NULL, NULL);
     }
     for (size_t i = 0; i < n; i++) ib_desc_clear(&descs[i]);
     free(descs);

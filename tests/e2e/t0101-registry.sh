@@ -147,4 +147,31 @@ test_expect_success 'a manifest over 4 MiB is refused (Distribution refuses to s
     test -z "$(ls -A "$IMGBUILD_CACHE/refs" 2>/dev/null)"
 '
 
+new_image() { # NAME: an image of fresh random bytes (nothing to skip or mount)
+    local d=$TMP/img-$1
+    new_repo "$d" && head -c 3000000 /dev/urandom >"$d/blob.bin" && printf "FROM scratch\nCOPY blob.bin /\n" >"$d/Dockerfile" &&
+        commit_all "$d" init && (cd "$d" && ib -o "$TMP/$1.tar" -q >/dev/null)
+}
+
+test_expect_success 'progress per blob: bars on a terminal, progress events in JSON, none in plain logs' '
+    new_image pj && new_image pt && new_image pp &&
+    ib push --plain-http -j 1 --chunk-size 1000000 --progress json "$TMP/pj.tar" "$P_HOST/wepp/progress" >/dev/null &&
+    python3 - "$TMP/last.err" <<PY &&
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+prog = [e for e in ev if e.get("event") == "progress"]
+assert prog, "no progress events"
+big = max(prog, key=lambda e: e["total"])
+assert big["action"] == "pushing" and big["total"] > 2000000, big
+mine = [e for e in prog if e["id"] == big["id"]]
+assert mine[-1]["done"] == mine[-1]["total"], mine[-1]
+assert len(mine) >= 3 and all(a["done"] <= b["done"] for a, b in zip(mine, mine[1:])), mine
+PY
+    ib push --plain-http -j 1 --progress tty "$TMP/pt.tar" "$P_HOST/wepp/progress" >/dev/null &&
+    grep -qa "pushing  *sha256:" "$TMP/last.err" && grep -qa "\[#" "$TMP/last.err" &&
+    grep -qa "uploaded" "$TMP/last.err" &&
+    ib push --plain-http -j 1 --progress plain "$TMP/pp.tar" "$P_HOST/wepp/progress" >/dev/null &&
+    ! grep -q "pushing" "$TMP/last.err" && grep -q "uploaded" "$TMP/last.err"
+'
+
 test_done
