@@ -235,6 +235,7 @@ void ib_progress_step_begin(ib_progress *p, const char *stage, int n, int total,
     p->t0 = ib_now();
     if (p->mode == IB_PROG_TTY) {
         p->step_active = 1;
+        draw_live_locked(p); /* at once: a fast step may end before the ticker's next frame */
         start_ticker(p);
     } else if (p->mode == IB_PROG_JSON) {
         json_t *j = json_pack("{s:s,s:i,s:s?,s:i,s:i,s:s}", "event", "step", "step", p->step_no, "stage", stage,

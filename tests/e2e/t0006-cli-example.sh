@@ -69,13 +69,13 @@ test_expect_success '-q prints only the digest; stdout is clean' '
 
 test_expect_success 'a terminal gets a live view (redrawn line); plain mode has no escapes' '
     cd "$R" && TERM=xterm script -qec "$IMGBUILD -o $TMP/t.tar" /dev/null >"$TMP/tty.out" &&
-    grep -q $'"'"'\r\x1b\[K'"'"' "$TMP/tty.out" && ! grep -q Sanitizer "$TMP/tty.out" &&
+    grep -q $'"'"'\r\x1b\[J'"'"' "$TMP/tty.out" && grep -q " => #" "$TMP/tty.out" && ! grep -q Sanitizer "$TMP/tty.out" &&
     (cd "$R" && ib -o "$TMP/p.tar" --progress plain) && ! grep -q $'"'"'\x1b'"'"' "$TMP/last.err"
 '
 
 test_expect_success 'CI=true selects plain output even on a terminal' '
     cd "$R" && CI=true TERM=xterm script -qec "$IMGBUILD -o $TMP/t2.tar" /dev/null >"$TMP/tty2.out" &&
-    ! grep -q $'"'"'\x1b\[K'"'"' "$TMP/tty2.out" && ! grep -q Sanitizer "$TMP/tty2.out" && grep -qE "^#1 \[app 1/10\]" "$TMP/tty2.out"
+    ! grep -q $'"'"'\x1b\['"'"' "$TMP/tty2.out" && ! grep -q Sanitizer "$TMP/tty2.out" && grep -qE "^#1 \[app 1/10\]" "$TMP/tty2.out"
 '
 
 test_done
