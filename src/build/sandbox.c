@@ -24,6 +24,15 @@
  * up in the layer (Docker's behaviour for its own mount points). */
 static const char *const mountpoints[] = {"proc", "dev", "etc/resolv.conf", "etc/hosts", "etc"};
 
+static int write_proc(const char *path, const char *text, int n)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int ok = write(fd, text, (size_t)n) == n;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
 static void die(int fd, const char *what)
 {
     char buf[512];
@@ -177,7 +186,22 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
         r = ib_error_errno(IB_ERR, "pipe");
         goto out;
     }
-    char *opts = ib_xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", o->lower, upper, work);
+    /* Rootless: a user namespace maps our uid to root inside; overlayfs then
+     * keeps its whiteout/opaque marks in user.* xattrs (kernel >= 5.11). */
+    int rootless = geteuid() != 0;
+    uid_t ruid = getuid();
+    gid_t rgid = getgid();
+    if (rootless && (o->uid || o->gid)) {
+        close(out[0]);
+        close(out[1]);
+        close(err[0]);
+        close(err[1]);
+        r = ib_error_set(IB_EINVALID, "RUN as USER %u:%u needs a root build: a rootless RUN maps one uid (root)",
+                         o->uid, o->gid);
+        goto out;
+    }
+    char *opts = ib_xasprintf("lowerdir=%s,upperdir=%s,workdir=%s%s", o->lower, upper, work,
+                              rootless ? ",userxattr" : "");
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -191,6 +215,16 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
     }
     if (pid == 0) {
         int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | (o->network_none ? CLONE_NEWNET : 0);
+        if (rootless) {
+            if (unshare(CLONE_NEWUSER) < 0)
+                die(err[1], "unshare a user namespace (rootless RUN needs unprivileged user namespaces; or build as root)");
+            char map[64];
+            int n = snprintf(map, sizeof map, "0 %u 1\n", (unsigned)ruid);
+            if (write_proc("/proc/self/uid_map", map, n) < 0 || write_proc("/proc/self/setgroups", "deny", 4) < 0)
+                die(err[1], "uid_map");
+            n = snprintf(map, sizeof map, "0 %u 1\n", (unsigned)rgid);
+            if (write_proc("/proc/self/gid_map", map, n) < 0) die(err[1], "gid_map");
+        }
         if (unshare(flags) < 0) die(err[1], "unshare (namespaces need root or a user namespace)");
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die(err[1], "make / private");
         if (mount("overlay", merged, "overlay", 0, opts) < 0) die(err[1], "mount overlay");
@@ -297,8 +331,12 @@ out:
  * SELinux label. Packed as the layer writer wants them, sorted by name. */
 static int want_xattr(const char *name)
 {
-    return strncmp(name, "trusted.", 8) && strcmp(name, "security.selinux");
+    return strncmp(name, "trusted.", 8) && strncmp(name, "user.overlay.", 13) && strcmp(name, "security.selinux");
 }
+
+/* Rootless, what the command made as root belongs to us on disk. */
+static unsigned map_uid(uid_t u) { return geteuid() != 0 && u == getuid() ? 0 : (unsigned)u; }
+static unsigned map_gid(gid_t g) { return geteuid() != 0 && g == getgid() ? 0 : (unsigned)g; }
 
 static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -390,12 +428,13 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
         } else if (S_ISDIR(sb.st_mode)) {
             size_t xl_len;
             unsigned char *xa = read_xattrs(ap, &xl_len);
-            ib_layer_entry e = {.path = rp, .type = IB_LE_DIR, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
-                                .gid = sb.st_gid, .xattrs = xa, .xattrs_len = xl_len};
+            ib_layer_entry e = {.path = rp, .type = IB_LE_DIR, .mode = sb.st_mode & 07777, .uid = map_uid(sb.st_uid),
+                                .gid = map_gid(sb.st_gid), .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
             free(xa);
             char v[4];
             ssize_t xl = getxattr(ap, "trusted.overlay.opaque", v, sizeof v);
+            if (xl != 1) xl = getxattr(ap, "user.overlay.opaque", v, sizeof v); /* rootless (userxattr) */
             if (r == 0 && xl == 1 && v[0] == 'y') {
                 /* replaced directory: nothing below it from lower layers survives */
                 char *opq = ib_xasprintf("%s/.wh..opq", rp);
@@ -411,15 +450,15 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
                 r = ib_error_errno(IB_ERR, "readlink %s", ap);
             } else {
                 t[n] = 0;
-                ib_layer_entry e = {.path = rp, .type = IB_LE_SYMLINK, .mode = 0777, .uid = sb.st_uid,
-                                    .gid = sb.st_gid, .link = t};
+                ib_layer_entry e = {.path = rp, .type = IB_LE_SYMLINK, .mode = 0777, .uid = map_uid(sb.st_uid),
+                                    .gid = map_gid(sb.st_gid), .link = t};
                 r = ib_layer_add(b, &e);
             }
         } else if (S_ISREG(sb.st_mode)) {
             size_t xl_len;
             unsigned char *xa = read_xattrs(ap, &xl_len);
-            ib_layer_entry e = {.path = rp, .type = IB_LE_FILE, .mode = sb.st_mode & 07777, .uid = sb.st_uid,
-                                .gid = sb.st_gid, .size = (uint64_t)sb.st_size, .src = ctx, .src_path = rp,
+            ib_layer_entry e = {.path = rp, .type = IB_LE_FILE, .mode = sb.st_mode & 07777, .uid = map_uid(sb.st_uid),
+                                .gid = map_gid(sb.st_gid), .size = (uint64_t)sb.st_size, .src = ctx, .src_path = rp,
                                 .content = ib_context_read, .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
             free(xa);
@@ -459,7 +498,7 @@ int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx)
             size_t xl_len;
             unsigned char *xa = read_xattrs(ap, &xl_len);
             ib_layer_entry e = {.path = ln.v[i].path, .type = IB_LE_FILE, .mode = sb.st_mode & 07777,
-                                .uid = sb.st_uid, .gid = sb.st_gid, .size = (uint64_t)sb.st_size,
+                                .uid = map_uid(sb.st_uid), .gid = map_gid(sb.st_gid), .size = (uint64_t)sb.st_size,
                                 .hardlink = ln.v[first].path, .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
             free(xa);

@@ -167,6 +167,13 @@ static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *
     return 0;
 }
 
+static int own_dir_cb(const char *p, const struct stat *sb, int flag, struct FTW *f)
+{
+    (void)f;
+    if (flag == FTW_D || flag == FTW_DNR) chmod(p, (sb->st_mode & 07777) | 0700);
+    return 0;
+}
+
 int ib_fs_rm_rf(const char *path)
 {
     struct stat st;
@@ -175,6 +182,9 @@ int ib_fs_rm_rf(const char *path)
         if (unlink(path) < 0) return ib_error_errno(IB_ERR, "rm %s", path);
         return 0;
     }
+    /* Without root, a directory we own but cannot write (a RUN's 0555 dir,
+     * overlayfs' 000 work dir) blocks removal: open them up first. */
+    if (geteuid() != 0) nftw(path, own_dir_cb, 32, FTW_PHYS);
     if (nftw(path, rm_cb, 32, FTW_DEPTH | FTW_PHYS) < 0) return ib_error_errno(IB_ERR, "rm -rf %s", path);
     return 0;
 }
