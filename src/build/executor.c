@@ -1298,8 +1298,9 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     ib_sandbox_opts so = {.lower = root, .scratch = scratch, .argv = argv, .envp = envp, .workdir = wd, .uid = uid,
                           .gid = gid, .network_none = net_none, .mounts = rm.m, .nmounts = rm.n,
                           .output = run_line, .output_ctx = &ro};
-    int status = 0;
+    int status = 0, walked = 0;
     char *upper = NULL;
+    so.walked = &walked;
     r = ib_sandbox_run(&status, &upper, &so);
     run_mounts_free(&rm);
     if (r == 0 && status != 0)
@@ -1309,7 +1310,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         ib_context *uctx = NULL;
         ib_layer_builder *lb = ib_layer_builder_new();
         r = ib_context_open_dir(&uctx, NULL, upper, 0);
-        if (r == 0) r = ib_sandbox_diff(lb, upper, uctx);
+        if (r == 0) r = walked ? ib_sandbox_diff_walk(lb, root, upper, uctx) : ib_sandbox_diff(lb, upper, uctx);
         if (r == 0) r = ib_layer_write(lr, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
         if (r == 0) r = ib_cache_put(b->cache, key, lr, in->original);
         ib_layer_builder_free(lb);

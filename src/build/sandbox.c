@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <spawn.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <grp.h>
@@ -133,20 +134,43 @@ static void child(const ib_sandbox_opts *o, const char *merged, const char *reso
     die(errfd, o->argv[0]);
 }
 
-int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
+/* 1 = overlayfs works here, 0 = use the copy-and-walk fallback, -1 = not tried yet */
+static int overlay_ok = -1;
+
+static int copy_tree(const char *from, const char *to)
 {
-    char *upper = ib_xasprintf("%s/upper", o->scratch), *work = ib_xasprintf("%s/work", o->scratch);
-    char *merged = ib_xasprintf("%s/merged", o->scratch);
+    char *src = ib_xasprintf("%s/.", from);
+    const char *argv[] = {"cp", "-a", "--", src, to, NULL};
+    pid_t pid;
+    int rc = posix_spawnp(&pid, "cp", NULL, NULL, (char *const *)argv, environ);
+    free(src);
+    if (rc != 0) {
+        errno = rc;
+        return ib_error_errno(IB_ERR, "cp -a %s", from);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return ib_error_set(IB_ERR, "cp -a %s %s failed", from, to);
+    return 0;
+}
+
+static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int walk)
+{
+    /* walk: "upper" is a full copy of lower that the command runs in */
+    char *upper = ib_xasprintf("%s/%s", o->scratch, walk ? "root" : "upper"), *work = ib_xasprintf("%s/work", o->scratch);
+    char *merged = walk ? ib_xstrdup(upper) : ib_xasprintf("%s/merged", o->scratch);
     char *resolv = ib_xasprintf("%s/resolv.conf", o->scratch), *hosts = ib_xasprintf("%s/hosts", o->scratch);
     int r = 0;
     int *had_m = NULL;
     struct stat lsb;
     /* The merged root takes the upper root's mode: give it the image's, not our umask's. */
-    if (mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0 || stat(o->lower, &lsb) < 0 ||
-        chmod(upper, lsb.st_mode & 07777) < 0 || (lchown(upper, lsb.st_uid, lsb.st_gid) < 0 && geteuid() == 0)) {
+    if (mkdir(upper, 0755) < 0 || (!walk && (mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0)) ||
+        stat(o->lower, &lsb) < 0 || chmod(upper, lsb.st_mode & 07777) < 0 ||
+        (lchown(upper, lsb.st_uid, lsb.st_gid) < 0 && geteuid() == 0)) {
         r = ib_error_errno(IB_ERR, "sandbox dirs in %s", o->scratch);
         goto out;
     }
+    if (walk && (r = copy_tree(o->lower, upper)) < 0) goto out;
     {
         /* The build sees the host's resolvers (as docker build does), through a copy. */
         char *rc = NULL;
@@ -227,7 +251,7 @@ int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
         }
         if (unshare(flags) < 0) die(err[1], "unshare (namespaces need root or a user namespace)");
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die(err[1], "make / private");
-        if (mount("overlay", merged, "overlay", 0, opts) < 0) die(err[1], "mount overlay");
+        if (!walk && mount("overlay", merged, "overlay", 0, opts) < 0) die(err[1], "mount overlay");
         pid_t init = fork();
         if (init < 0) die(err[1], "fork");
         if (init == 0) {
@@ -321,6 +345,34 @@ out:
     free(merged);
     free(resolv);
     free(hosts);
+    return r;
+}
+
+int ib_sandbox_run(int *status, char **upper_out, const ib_sandbox_opts *o)
+{
+    const char *env = getenv("IMGBUILD_SNAPSHOT");
+    int walk = (env && !strcmp(env, "walk")) || overlay_ok == 0;
+    if (o->walked) *o->walked = walk;
+    int r = run_once(status, upper_out, o, walk);
+    if (r < 0 && !walk && overlay_ok == -1 && strstr(ib_error_last(), "mount overlay")) {
+        /* No overlayfs here (an NFS scratch dir, an old kernel for a
+         * rootless build): the command never started, so run it again in a
+         * copy of the image and snapshot by walking. */
+        overlay_ok = 0;
+        char *u = ib_xasprintf("%s/upper", o->scratch), *w = ib_xasprintf("%s/work", o->scratch),
+             *m = ib_xasprintf("%s/merged", o->scratch);
+        ib_fs_rm_rf(u);
+        ib_fs_rm_rf(w);
+        ib_fs_rm_rf(m);
+        free(u);
+        free(w);
+        free(m);
+        if (o->walked) *o->walked = 1;
+        ib_error_clear();
+        r = run_once(status, upper_out, o, 1);
+    } else if (r == 0 && !walk) {
+        overlay_ok = 1;
+    }
     return r;
 }
 
@@ -480,32 +532,189 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
     return r;
 }
 
-int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx)
+/* Names of one inode: the first in path order keeps the content, the
+ * others are re-added (the last entry for a path wins) as hardlinks. A name
+ * whose twin is not part of the layer stays a plain file. */
+static int add_hardlinks(ib_layer_builder *b, const char *dir, link_names *ln)
 {
-    link_names ln = {0};
-    int r = diff_walk(b, upper, "", upper_ctx, &ln);
-    /* Names of one inode: the first in path order keeps the content, the
-     * others are re-added (the last entry for a path wins) as hardlinks. A
-     * name whose twin lives only in a lower layer stays a plain file. */
-    if (ln.n) qsort(ln.v, ln.n, sizeof *ln.v, cmp_link);
-    for (size_t i = 1; r == 0 && i < ln.n; i++) {
-        if (ln.v[i].ino != ln.v[i - 1].ino) continue;
+    int r = 0;
+    if (ln->n) qsort(ln->v, ln->n, sizeof *ln->v, cmp_link);
+    for (size_t i = 1; r == 0 && i < ln->n; i++) {
+        if (ln->v[i].ino != ln->v[i - 1].ino) continue;
         size_t first = i - 1;
-        while (first > 0 && ln.v[first - 1].ino == ln.v[i].ino) first--;
-        char *ap = ib_fs_join(upper, ln.v[i].path);
+        while (first > 0 && ln->v[first - 1].ino == ln->v[i].ino) first--;
+        char *ap = ib_fs_join(dir, ln->v[i].path);
         struct stat sb;
         if (lstat(ap, &sb) == 0) {
             size_t xl_len;
             unsigned char *xa = read_xattrs(ap, &xl_len);
-            ib_layer_entry e = {.path = ln.v[i].path, .type = IB_LE_FILE, .mode = sb.st_mode & 07777,
+            ib_layer_entry e = {.path = ln->v[i].path, .type = IB_LE_FILE, .mode = sb.st_mode & 07777,
                                 .uid = map_uid(sb.st_uid), .gid = map_gid(sb.st_gid), .size = (uint64_t)sb.st_size,
-                                .hardlink = ln.v[first].path, .xattrs = xa, .xattrs_len = xl_len};
+                                .hardlink = ln->v[first].path, .xattrs = xa, .xattrs_len = xl_len};
             r = ib_layer_add(b, &e);
             free(xa);
         }
         free(ap);
     }
-    for (size_t i = 0; i < ln.n; i++) free(ln.v[i].path);
-    free(ln.v);
+    for (size_t i = 0; i < ln->n; i++) free(ln->v[i].path);
+    free(ln->v);
+    memset(ln, 0, sizeof *ln);
     return r;
+}
+
+int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx)
+{
+    link_names ln = {0};
+    int r = diff_walk(b, upper, "", upper_ctx, &ln);
+    int r2 = add_hardlinks(b, upper, &ln);
+    return r < 0 ? r : r2;
+}
+
+/* ---------- snapshot without overlayfs ---------- */
+
+static int names_of(char ***out, size_t *n, const char *dir)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return ib_error_errno(IB_ERR, "%s", dir);
+    size_t cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 32;
+            *out = ib_xrealloc(*out, cap * sizeof **out);
+        }
+        (*out)[(*n)++] = ib_xstrdup(de->d_name);
+    }
+    closedir(d);
+    if (*n) qsort(*out, *n, sizeof **out, cmp_cstr);
+    return 0;
+}
+
+static void names_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+static int same_xattrs(const char *a, const char *b)
+{
+    size_t la, lb;
+    unsigned char *xa = read_xattrs(a, &la), *xb = read_xattrs(b, &lb);
+    int same = la == lb && (!la || !memcmp(xa, xb, la));
+    free(xa);
+    free(xb);
+    return same;
+}
+
+static int add_path(ib_layer_builder *b, const char *abs, const char *rel, const struct stat *sb, void *ctx,
+                    link_names *ln)
+{
+    size_t xl_len = 0;
+    unsigned char *xa = S_ISLNK(sb->st_mode) ? NULL : read_xattrs(abs, &xl_len);
+    ib_layer_entry e = {.path = rel, .mode = sb->st_mode & 07777, .uid = map_uid(sb->st_uid),
+                        .gid = map_gid(sb->st_gid), .xattrs = xa, .xattrs_len = xl_len};
+    char t[4096];
+    int r = 0;
+    if (S_ISDIR(sb->st_mode)) {
+        e.type = IB_LE_DIR;
+    } else if (S_ISLNK(sb->st_mode)) {
+        ssize_t k = readlink(abs, t, sizeof t - 1);
+        if (k < 0) r = ib_error_errno(IB_ERR, "readlink %s", abs);
+        t[k < 0 ? 0 : k] = 0;
+        e.type = IB_LE_SYMLINK;
+        e.mode = 0777;
+        e.link = t;
+    } else if (S_ISREG(sb->st_mode)) {
+        e.type = IB_LE_FILE;
+        e.size = (uint64_t)sb->st_size;
+        e.src = ctx;
+        e.src_path = rel;
+        e.content = ib_context_read;
+        if (sb->st_nlink > 1) {
+            if (ln->n == ln->cap) {
+                ln->cap = ln->cap ? ln->cap * 2 : 16;
+                ln->v = ib_xrealloc(ln->v, ln->cap * sizeof *ln->v);
+            }
+            ln->v[ln->n].ino = sb->st_ino;
+            ln->v[ln->n++].path = ib_xstrdup(rel);
+        }
+    } else {
+        free(xa);
+        return 0; /* sockets, fifos, device nodes: not image content */
+    }
+    if (r == 0) r = ib_layer_add(b, &e);
+    free(xa);
+    return r;
+}
+
+static int walk_cmp(ib_layer_builder *b, const char *lower, const char *root, const char *rel, void *ctx,
+                    link_names *ln, int all_new)
+{
+    char *rdir = *rel ? ib_fs_join(root, rel) : ib_xstrdup(root);
+    char **rn = NULL, **lnm = NULL;
+    size_t nr = 0, nl = 0;
+    int r = names_of(&rn, &nr, rdir);
+    if (r == 0 && !all_new) {
+        char *ldir = *rel ? ib_fs_join(lower, rel) : ib_xstrdup(lower);
+        if (names_of(&lnm, &nl, ldir) < 0) {
+            ib_error_clear();
+            nl = 0;
+        }
+        free(ldir);
+    }
+    for (size_t i = 0; r == 0 && i < nr; i++) {
+        char *rp = *rel ? ib_xasprintf("%s/%s", rel, rn[i]) : ib_xstrdup(rn[i]);
+        char *ap = ib_fs_join(root, rp), *lp = ib_fs_join(lower, rp);
+        struct stat sr, sl;
+        if (lstat(ap, &sr) < 0) {
+            r = ib_error_errno(IB_ERR, "%s", ap);
+        } else {
+            int in_lower = !all_new && lstat(lp, &sl) == 0 && (sl.st_mode & S_IFMT) == (sr.st_mode & S_IFMT);
+            if (!in_lower) {
+                r = add_path(b, ap, rp, &sr, ctx, ln);
+                if (r == 0 && S_ISDIR(sr.st_mode)) r = walk_cmp(b, lower, root, rp, ctx, ln, 1);
+            } else {
+                int meta = (sr.st_mode & 07777) != (sl.st_mode & 07777) || sr.st_uid != sl.st_uid ||
+                           sr.st_gid != sl.st_gid || (!S_ISLNK(sr.st_mode) && !same_xattrs(ap, lp));
+                int changed = meta;
+                if (S_ISREG(sr.st_mode))
+                    changed = changed || sr.st_size != sl.st_size || sr.st_mtim.tv_sec != sl.st_mtim.tv_sec ||
+                              sr.st_mtim.tv_nsec != sl.st_mtim.tv_nsec;
+                else if (S_ISLNK(sr.st_mode)) {
+                    char t1[4096], t2[4096];
+                    ssize_t k1 = readlink(ap, t1, sizeof t1), k2 = readlink(lp, t2, sizeof t2);
+                    changed = changed || k1 != k2 || (k1 > 0 && memcmp(t1, t2, (size_t)k1));
+                }
+                if (changed) r = add_path(b, ap, rp, &sr, ctx, ln);
+                if (r == 0 && S_ISDIR(sr.st_mode)) r = walk_cmp(b, lower, root, rp, ctx, ln, 0);
+            }
+        }
+        free(ap);
+        free(lp);
+        free(rp);
+    }
+    /* gone from the copy: whiteouts (both lists are sorted) */
+    for (size_t i = 0, j = 0; r == 0 && i < nl; i++) {
+        while (j < nr && strcmp(rn[j], lnm[i]) < 0) j++;
+        if (j < nr && !strcmp(rn[j], lnm[i])) continue;
+        char *rp = *rel ? ib_xasprintf("%s/%s", rel, lnm[i]) : ib_xstrdup(lnm[i]);
+        ib_layer_entry w = {.path = rp, .type = IB_LE_WHITEOUT};
+        r = ib_layer_add(b, &w);
+        free(rp);
+    }
+    names_free(rn, nr);
+    names_free(lnm, nl);
+    free(rdir);
+    return r;
+}
+
+int ib_sandbox_diff_walk(ib_layer_builder *b, const char *lower, const char *root, void *root_ctx)
+{
+    link_names ln = {0};
+    int r = walk_cmp(b, lower, root, "", root_ctx, &ln, 0);
+    int r2 = add_hardlinks(b, root, &ln);
+    return r < 0 ? r : r2;
 }

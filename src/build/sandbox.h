@@ -33,6 +33,10 @@ typedef struct {
     size_t nmounts;
     ib_line_fn output;          /* each line of combined stdout/stderr */
     void *output_ctx;
+    /* Set to 1 when the snapshot is a full copy (no overlayfs here, or
+     * $IMGBUILD_SNAPSHOT=walk): then *upper is that copy and the changes
+     * come from ib_sandbox_diff_walk against lower. */
+    int *walked;
 } ib_sandbox_opts;
 
 /* Runs the command; *status = its exit status (128+N if killed by signal N).
@@ -43,5 +47,10 @@ int ib_sandbox_run(int *status, char **upper, const ib_sandbox_opts *o);
  * with their metadata; deleted paths as whiteouts; opaque dirs as opaque
  * whiteouts. The builder reads file content from upper when written. */
 int ib_sandbox_diff(ib_layer_builder *b, const char *upper, void *upper_ctx);
+/* The fallback snapshot: root is a copy of lower the command ran in; every
+ * path whose type, mode, owner, size, mtime, xattrs or link target differs is
+ * added, every path gone from root becomes a whiteout. Costs a walk of the
+ * whole image, which is why overlayfs is preferred. */
+int ib_sandbox_diff_walk(ib_layer_builder *b, const char *lower, const char *root, void *root_ctx);
 
 #endif

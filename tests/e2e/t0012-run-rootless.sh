@@ -38,6 +38,7 @@ as_user() { # DIR ARGS...
     local d=$1 rc=0
     shift
     setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups env -i PATH="$PATH" HOME="$W" IMGBUILD_CACHE="$W/cache" \
+        IMGBUILD_SNAPSHOT="${IMGBUILD_SNAPSHOT:-}" \
         ASAN_OPTIONS="${ASAN_OPTIONS:-}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-}" \
         sh -c 'cd "$1" && shift && exec "$@"' sh "$d" "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
     cat "$TMP/last.err" >&2
@@ -72,6 +73,14 @@ test_expect_success 'the same RUN built as root gives the same layer' '
     r=$(skopeo inspect --raw oci-archive:"$TMP/root.tar" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][1][\"digest\"])") &&
     u=$(skopeo inspect --raw oci-archive:"$W/app.tar" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][1][\"digest\"])") &&
     test "$r" = "$u"
+'
+
+test_expect_success 'without root and without overlayfs (the walking snapshot) the image has the same files' '
+    rm -rf "$W/cache" && as_user "$B" load "$W/bb.tar" >/dev/null &&
+    export IMGBUILD_SNAPSHOT=walk && as_user "$R" -o "$W/walk.tar" -q >/dev/null && unset IMGBUILD_SNAPSHOT &&
+    unpack_image "$W/app.tar" "$TMP/a1" && unpack_image "$W/walk.tar" "$TMP/a2" &&
+    tree_listing "$TMP/a1/rootfs" >"$TMP/a1.list" && tree_listing "$TMP/a2/rootfs" >"$TMP/a2.list" &&
+    diff -u "$TMP/a1.list" "$TMP/a2.list"
 '
 
 test_expect_success 'a USER other than root is refused clearly without root' '
