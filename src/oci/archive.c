@@ -123,8 +123,9 @@ int ib_archive_write(const char *out_path, ib_store *s, const char *manifest_dig
     umask(um);
     fchmod(fileno(fp), 0666 & ~um);
     struct tar_out t = {archive_write_new(), archive_entry_new(), mtime};
+    /* Every name here is ASCII (oci-layout, index.json, blobs/sha256/<hex>):
+     * no pax hdrcharset record, which GNU tar warns about on every entry. */
     archive_write_set_format_pax_restricted(t.a);
-    archive_write_set_format_option(t.a, "pax", "hdrcharset", "BINARY");
     if (archive_write_open_FILE(t.a, fp) != ARCHIVE_OK) {
         r = tar_err(&t, "open");
         goto done;
