@@ -188,7 +188,7 @@ for ((i = 1; i <= runs; i++)); do
     run_ib ib 0
     same_refs fr ib "$i"
     nrefs=$(refs_of "$work/ib" | wc -l)
-    exp_line=$(grep -m1 '^export: ' "$work/log.ib" || echo "export: ?")
+    exp_line=$(grep -m1 '^export: [0-9]* files' "$work/log.ib" || echo "export: ?")
     rm -rf "$work/fr" "$work/ib"
     line="round $i: filter-repo $(last fr)s (rewrite $(last fr_rw)s) | imgbuild $(last ib)s (rewrite $(last ib_rw)s)"
     if [[ $with_backup == 1 ]]; then
