@@ -54,26 +54,44 @@ const char *ib_remote_cache_name(const ib_remote_cache *c) { return c->name; }
 
 static char *tag_for(const char *key) { return ib_xasprintf("cache-%s", ib_digest_hex(key)); }
 
-int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, ib_cache *local, const char *key)
+/* GETs the one-layer image at tag and checks it is ours: annotation ann_key
+ * equal to want, exactly one layer of a layer media type. 0 and cfg/lay
+ * filled (cfg may be NULL), 1 when there is no such tag, <0 on error. */
+static int fetch_entry(ib_desc *cfg, ib_desc *lay, ib_remote_cache *c, const char *tag, const char *ann_key,
+                       const char *want, const char *what)
 {
-    char *tag = tag_for(key), *body = NULL, *mt = NULL;
+    char *body = NULL, *mt = NULL;
     size_t len = 0;
     char mdg[IB_DIGEST_STRLEN + 1];
     int rc = ib_registry_manifest_get(&body, &len, &mt, mdg, c->reg, c->repo, tag);
-    free(tag);
     free(mt);
-    if (rc == IB_ENOTFOUND) return 0;
+    if (rc == IB_ENOTFOUND) return 1;
     if (rc < 0) return rc;
     json_t *man = json_loadb(body, len, 0, NULL);
     free(body);
-    ib_desc cfg = {0}, lay = {0};
-    const char *ann = json_string_value(json_object_get(json_object_get(man, "annotations"), "org.imgbuild.cache.key"));
-    rc = ib_desc_from_json(&cfg, json_object_get(man, "config"));
-    if (rc == 0) rc = ib_desc_from_json(&lay, json_array_get(json_object_get(man, "layers"), 0));
-    if (rc == 0 && (!ann || strcmp(ann, key) || json_array_size(json_object_get(man, "layers")) != 1 ||
-                    !ib_image_layer_mt_to_oci(lay.media_type)))
-        rc = ib_error_set(IB_EINVALID, "%s: cache entry for %.19s is not one of ours", c->name, key);
+    const char *ann = json_string_value(json_object_get(json_object_get(man, "annotations"), ann_key));
+    rc = cfg ? ib_desc_from_json(cfg, json_object_get(man, "config")) : 0;
+    if (rc == 0) rc = ib_desc_from_json(lay, json_array_get(json_object_get(man, "layers"), 0));
+    if (rc == 0 && (!ann || strcmp(ann, want) || json_array_size(json_object_get(man, "layers")) != 1 ||
+                    !ib_image_layer_mt_to_oci(lay->media_type)))
+        rc = ib_error_set(IB_EINVALID, "%s: %s is not one of ours", c->name, what);
     json_decref(man);
+    return rc;
+}
+
+int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, ib_cache *local, const char *key)
+{
+    char *tag = tag_for(key);
+    char what[64];
+    snprintf(what, sizeof what, "the cache entry for %.19s", key);
+    ib_desc cfg = {0}, lay = {0};
+    int rc = fetch_entry(&cfg, &lay, c, tag, "org.imgbuild.cache.key", key, what);
+    free(tag);
+    if (rc == 1) {
+        ib_desc_clear(&cfg);
+        ib_desc_clear(&lay);
+        return 0;
+    }
     char *ctext = NULL;
     if (rc == 0) rc = ib_registry_blob_fetch(c->reg, c->repo, cfg.digest, cfg.size, s);
     if (rc == 0) rc = ib_store_read_blob(&ctext, NULL, s, cfg.digest, 1 << 20);
@@ -231,23 +249,16 @@ int ib_remote_cache_put_mount(uint64_t *size, int *pushed, ib_remote_cache *c, i
 int ib_remote_cache_get_mount(uint64_t *size, ib_remote_cache *c, ib_store *s, const char *name, const char *dir)
 {
     *size = 0;
-    char *tag = mount_tag(name), *body = NULL, *mt = NULL;
-    size_t len = 0;
-    char mdg[IB_DIGEST_STRLEN + 1];
-    int rc = ib_registry_manifest_get(&body, &len, &mt, mdg, c->reg, c->repo, tag);
-    free(tag);
-    free(mt);
-    if (rc == IB_ENOTFOUND) return 0;
-    if (rc < 0) return rc;
-    json_t *man = json_loadb(body, len, 0, NULL);
-    free(body);
+    char *tag = mount_tag(name);
+    char what[64];
+    snprintf(what, sizeof what, "mount-%.32s", name);
     ib_desc lay = {0};
-    const char *ann = json_string_value(json_object_get(json_object_get(man, "annotations"), "org.imgbuild.cache.mount"));
-    rc = ib_desc_from_json(&lay, json_array_get(json_object_get(man, "layers"), 0));
-    if (rc == 0 && (!ann || strcmp(ann, name) || json_array_size(json_object_get(man, "layers")) != 1 ||
-                    !ib_image_layer_mt_to_oci(lay.media_type)))
-        rc = ib_error_set(IB_EINVALID, "%s: mount-%s is not a cache mount of ours", c->name, name);
-    json_decref(man);
+    int rc = fetch_entry(NULL, &lay, c, tag, "org.imgbuild.cache.mount", name, what);
+    free(tag);
+    if (rc == 1) {
+        ib_desc_clear(&lay);
+        return 0;
+    }
     /* verified against its digest on the way in; unpacked with the checks
      * every layer gets (no "..", no escaping links) */
     if (rc == 0 && !ib_store_has_blob(s, lay.digest, NULL))

@@ -73,6 +73,19 @@ expect_error() {
     tail -n 1 "$TMP/last.err" | grep -qE -- "$pat" || { echo "error does not match /$pat/"; return 1; }
 }
 
+# bb_rootfs DIR APPLET...: a minimal root filesystem in DIR for RUN tests: busybox-static as
+# /bin/busybox with the given applets linked to it, /etc/passwd (root, app 1000) and /etc/group.
+bb_rootfs() {
+    local d=$1 a bb
+    shift
+    bb=$(command -v busybox) && file -L "$bb" 2>/dev/null | grep -q "statically linked" ||
+        { echo "busybox-static is required (scripts/install-deps.sh test)"; return 1; }
+    mkdir -p "$d/bin" "$d/etc" && cp "$bb" "$d/bin/busybox" || return 1
+    for a in "$@"; do ln -s busybox "$d/bin/$a" || return 1; done
+    printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n' >"$d/etc/passwd"
+    printf 'root:x:0:\napp:x:1000:\n' >"$d/etc/group"
+}
+
 # new_repo DIR: an empty git repo with a fixed identity.
 new_repo() {
     mkdir -p "$1"

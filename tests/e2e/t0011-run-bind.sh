@@ -6,15 +6,10 @@
 # a missing or escaping source is a one-line error, and no mount stub is left in the layer.
 . "$(dirname "$0")/lib.sh"
 
-BB=$(command -v busybox)
-file -L "$BB" 2>/dev/null | grep -q "statically linked" || { echo "busybox-static is required (scripts/install-deps.sh test)"; exit 1; }
-
 B=$TMP/base
 new_repo "$B"
-mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/tmp"
-cp "$BB" "$B/rootfs/bin/busybox"
-for a in sh ls cat echo rm mkdir touch wc test sha256sum sort; do ln -s busybox "$B/rootfs/bin/$a"; done
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$B/rootfs/etc/passwd"
+bb_rootfs "$B/rootfs" sh ls cat echo rm mkdir touch wc test sha256sum sort || exit 1
+mkdir -p "$B/rootfs/tmp"
 printf 'FROM scratch\nCOPY rootfs/ /\n' >"$B/Dockerfile"
 commit_all "$B" base
 (cd "$B" && ib --name local/bb -o "$TMP/bb.tar" -q >/dev/null && ib load "$TMP/bb.tar" >/dev/null) || exit 1

@@ -5,8 +5,6 @@
 # are removed, and a USER other than root is refused clearly (one uid is mapped).
 . "$(dirname "$0")/lib.sh"
 
-BB=$(command -v busybox)
-file -L "$BB" 2>/dev/null | grep -q "statically linked" || { echo "busybox-static is required (scripts/install-deps.sh test)"; exit 1; }
 U=nobody
 id "$U" >/dev/null 2>&1 || { echo "no user $U"; exit 1; }
 # The unprivileged user needs its own dirs: $TMP is root's 0700.
@@ -15,10 +13,8 @@ mkdir -p "$W" && chmod 755 "$TMP" "$W"
 
 B=$W/base
 new_repo "$B"
-mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/data/old"
-cp "$BB" "$B/rootfs/bin/busybox"
-for a in sh ls cat echo rm mkdir touch id ln; do ln -s busybox "$B/rootfs/bin/$a"; done
-printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n' >"$B/rootfs/etc/passwd"
+bb_rootfs "$B/rootfs" sh ls cat echo rm mkdir touch id ln chmod || exit 1
+mkdir -p "$B/rootfs/data/old"
 echo old >"$B/rootfs/data/old/f"
 echo gone >"$B/rootfs/data/delme"
 printf 'FROM scratch\nCOPY rootfs/ /\n' >"$B/Dockerfile"

@@ -5,15 +5,10 @@
 # links), deletions become whiteouts, hardlinks stay hardlinks, and it works without root too.
 . "$(dirname "$0")/lib.sh"
 
-BB=$(command -v busybox)
-file -L "$BB" 2>/dev/null | grep -q "statically linked" || { echo "busybox-static is required (scripts/install-deps.sh test)"; exit 1; }
-
 B=$TMP/base
 new_repo "$B"
-mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/data/old" "$B/rootfs/keep"
-cp "$BB" "$B/rootfs/bin/busybox"
-for a in sh ls cat echo rm mkdir touch id ln chmod mv; do ln -s busybox "$B/rootfs/bin/$a"; done
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$B/rootfs/etc/passwd"
+bb_rootfs "$B/rootfs" sh ls cat echo rm mkdir touch id ln chmod mv || exit 1
+mkdir -p "$B/rootfs/data/old" "$B/rootfs/keep"
 echo old >"$B/rootfs/data/old/f"
 echo gone >"$B/rootfs/data/delme"
 echo same >"$B/rootfs/keep/unchanged"
