@@ -134,7 +134,7 @@ int ib_cmd_slim(int argc, char **argv)
         }
     }
     if (rc == 0 && argc - optind > 1) rc = ib_cli_usage_error("slim: expected at most one REPO");
-    o.repo = rc == 0 && argc - optind == 1 ? argv[optind] : ".";
+    o.repo = rc == 0 && argc - optind == 1 ? argv[optind] : NULL;
     o.filter = f;
     if (rc == 0 && !analyze) {
         if (!ib_gf_filter_has_rules(f))

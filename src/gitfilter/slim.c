@@ -454,11 +454,14 @@ static char *default_backup(git_repository *repo)
     return out;
 }
 
+/* REPO as given must be the top of a clone; without one (NULL), the
+ * repository around the current directory, as git finds it. */
 static int open_repo(git_repository **repo, const char *path)
 {
-    if (git_repository_open_ext(repo, path, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) < 0) {
+    if (git_repository_open_ext(repo, path ? path : ".", path ? GIT_REPOSITORY_OPEN_NO_SEARCH : 0, NULL) < 0) {
         git_error_clear();
-        return ib_error_set(IB_ERR, "%s: not a git repository (give the top of a clone)", path);
+        return ib_error_set(IB_ERR, "%s: not a git repository%s", path ? path : "the current directory",
+                            path ? " (give the top of a clone)" : "");
     }
     return 0;
 }
@@ -506,7 +509,7 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
             rc = ib_error_set(IB_ERR,
                               "%s does not look like a fresh clone (%s); slim rewrites history in place: run it on a "
                               "fresh clone (git clone --no-local URL) or pass --force",
-                              o->repo, why);
+                              o->repo ? o->repo : git_repository_workdir(repo) ? git_repository_workdir(repo) : gitdir, why);
             goto out;
         }
         say(cb, ud, "note: not a fresh clone (%s): the real run will need --force", why);

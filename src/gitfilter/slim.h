@@ -9,7 +9,7 @@
 #include "gitfilter/filter.h"
 
 typedef struct {
-    const char *repo;          /* worktree or bare repository */
+    const char *repo;          /* worktree top or bare repository; NULL: the one around the cwd */
     const ib_gf_filter *filter;
     const char *export_dir;    /* required unless dry_run */
     int export_all_versions;
