@@ -51,6 +51,7 @@ typedef struct {
     const ib_gf_export_item *it;
     uint64_t size;
     unsigned char sha256[SHA256_LEN]; /* as written (or as found), checked again on read-back */
+    int wrote;                        /* put in place by this run (removed again if the export fails) */
 } entry;
 
 typedef struct {
@@ -539,6 +540,7 @@ static int write_file(ctx *c, entry *e, int pfd, const char *base, const char *p
         }
     }
     if (r != 0) unlinkat(pfd, tmp, 0);
+    else e->wrote = 1;
     ib_fs_tmp_forget(tmp_full);
     free(tmp_full);
     free(tmp);
@@ -600,7 +602,10 @@ static int export_link(ctx *c, entry *e, int pfd, const char *base, const char *
             r = ib_error_errno(IB_ERR, "stat %s", path);
             goto out;
         }
-        if (symlinkat(target, pfd, base) == 0) break;
+        if (symlinkat(target, pfd, base) == 0) {
+            e->wrote = 1;
+            break;
+        }
         if (errno != EEXIST || attempt) {
             r = ib_error_errno(IB_ERR, "symlink %s", path);
             goto out;
@@ -972,6 +977,7 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     entry *es = ib_xcalloc(n ? n : 1, sizeof *es);
     for (size_t i = 0; i < n; i++) es[i].it = &items[i];
     ib_strbuf man = {0};
+    int manifest_new = 0, dir_existed = 1;
     uint64_t total = 0, done = 0;
     int r;
     if (git_repository_odb(&c.odb, repo) < 0) {
@@ -979,6 +985,7 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
         goto out;
     }
     if ((r = prepare(&c, es, n, &total)) < 0) goto out;
+    dir_existed = ib_fs_exists(dir);
     if ((r = ib_fs_mkdir_p(dir, 0755)) < 0) goto out;
     c.root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (c.root < 0) {
@@ -1001,6 +1008,8 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     }
 
     build_manifest(&man, es, n);
+    struct stat mst;
+    manifest_new = fstatat(c.root, MANIFEST_NAME, &mst, AT_SYMLINK_NOFOLLOW) < 0;
     if ((r = write_manifest(&c, man.s, man.len)) < 0) goto out;
 
     /* Read-back only starts once everything is on disk, so the pages are
@@ -1012,7 +1021,23 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     r = 0;
 out:
     drop_parent(&c);
+    if (r < 0 && c.root >= 0) {
+        /* A failed export takes back what this run wrote (files that were
+         * already there stay), and the directories it leaves empty. */
+        for (size_t i = 0; i < n; i++) {
+            char *rel = ib_xstrdup(es[i].it->dest);
+            if (es[i].wrote) unlinkat(c.root, rel, 0);
+            /* only empty directories go: ours, or ones that held nothing anyway */
+            for (char *sl = strrchr(rel, '/'); sl; sl = strrchr(rel, '/')) {
+                *sl = '\0';
+                if (unlinkat(c.root, rel, AT_REMOVEDIR) < 0) break;
+            }
+            free(rel);
+        }
+        if (manifest_new) unlinkat(c.root, MANIFEST_NAME, 0);
+    }
     if (c.root >= 0) close(c.root);
+    if (r < 0 && !dir_existed) rmdir(dir);
     git_odb_free(c.odb);
     free(c.buf);
     free(man.s);

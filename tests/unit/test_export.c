@@ -291,9 +291,8 @@ int main(void)
     free(old_path);
     CHECK(r < 0);
     CHECK(strstr(ib_error_last(), "deep/er/big.bin") != NULL);
-    p = path2(out5, "deep/er");
-    CHECK_INT(dir_entries(p), 0);
-    free(p);
+    /* and takes back the directories it made: out5 did not exist before */
+    CHECK(access(out5, F_OK) != 0);
     free(out5);
 
     /* An empty export still yields a MANIFEST (header only). */
