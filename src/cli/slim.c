@@ -171,7 +171,21 @@ int ib_cmd_slim(int argc, char **argv)
         free(report);
     } else {
         ib_progress *p = ib_progress_new(quiet ? IB_PROG_QUIET : mode, stderr);
-        if (ib_gf_slim_run(&o, say, p) < 0) rc = ib_cli_fail(IB_ERR);
+        ib_gf_slim_result res;
+        if (ib_gf_slim_run(&res, &o, say, p) < 0) {
+            rc = ib_cli_fail(IB_ERR);
+        } else {
+            char *js = ib_xasprintf(
+                "{\"dry_run\":%s,\"rewritten\":%s,\"commits\":%zu,\"kept\":%zu,\"pruned\":%zu,"
+                "\"refs_changed\":%zu,\"exported_files\":%zu,\"exported_written\":%zu,\"exported_bytes\":%llu,"
+                "\"gitdir_bytes_before\":%llu,\"gitdir_bytes_after\":%llu,\"rewrite_seconds\":%.3f,\"seconds\":%.3f}",
+                res.dry_run ? "true" : "false", res.changed ? "true" : "false", res.commits, res.kept, res.pruned,
+                res.refs_changed, res.exported_files, res.exported_written, (unsigned long long)res.exported_bytes,
+                (unsigned long long)res.gitdir_before, (unsigned long long)res.gitdir_after, res.rewrite_seconds,
+                res.seconds);
+            ib_progress_result(p, js);
+            free(js);
+        }
         ib_progress_free(p);
     }
     git_libgit2_shutdown();

@@ -489,9 +489,11 @@ int ib_gf_slim_analyze(char **report, const char *path, const ib_gf_filter *filt
     return rc;
 }
 
-int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
+int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
 {
     double t0 = ib_now();
+    memset(res, 0, sizeof *res);
+    res->dry_run = o->dry_run;
     git_repository *repo;
     int rc = open_repo(&repo, o->repo);
     if (rc < 0) return rc;
@@ -515,6 +517,7 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
         say(cb, ud, "note: not a fresh clone (%s): the real run will need --force", why);
     }
     uint64_t before = du(gitdir);
+    res->gitdir_before = res->gitdir_after = before;
 
     /* 1. the new history, in memory */
     double tr0 = ib_now();
@@ -527,6 +530,10 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
     if (rc < 0) goto out;
     double t_compute = ib_now() - tr0;
     const ib_gf_rewrite_stats *st = ib_gf_rewrite_stats_get(rw);
+    res->commits = st->commits;
+    res->kept = st->kept;
+    res->pruned = st->pruned;
+    res->refs_changed = st->refs_updated + st->refs_deleted;
 
     /* 2. what it removes, exported and verified before anything changes */
     if (git_repository_odb(&l.odb, repo) < 0) {
@@ -538,6 +545,8 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
     if (rc < 0) goto out;
     double t_list = ib_now() - tl0;
     ib_human_size(hb, l.bytes);
+    res->exported_files = l.n;
+    res->exported_bytes = l.bytes;
     if (o->dry_run) {
         say(cb, ud, "would export: %zu files, %s to %s (listed in %.3f s)", l.n, hb,
             o->export_dir ? o->export_dir : "(--export-to)", t_list);
@@ -573,6 +582,7 @@ int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say cb, void *ud)
         ib_error_wrap(rc, "export to %s (nothing was rewritten)", o->export_dir);
         if (bundle.pid > 0) kill(bundle.pid, SIGTERM);
     } else {
+        res->exported_written = es.written;
         say(cb, ud, "export: %zu files, %s to %s (%zu written, %zu already present), verified in %.2f s", es.files,
             hb, o->export_dir, es.written, es.present, ib_now() - te0);
     }
@@ -601,8 +611,10 @@ bundle_done:
     double ta0 = ib_now();
     rc = ib_gf_rewrite_apply(rw, mapdir);
     if (rc < 0) goto out;
+    res->rewrite_seconds = t_compute + (ib_now() - ta0);
+    res->changed = 1;
     say(cb, ud, "rewrite: %zu commits, %zu kept, %zu pruned, %zu refs updated in %.3f s", st->commits, st->kept,
-        st->pruned, st->refs_updated + st->refs_deleted, t_compute + (ib_now() - ta0));
+        st->pruned, st->refs_updated + st->refs_deleted, res->rewrite_seconds);
 
     /* 5. like filter-repo: the old remote would hand the old history back */
     git_config *cfg = NULL;
@@ -637,10 +649,12 @@ bundle_done:
         if (rc == 0) rc = run_git(gitdir, "git gc", a2);
         if (rc < 0) goto out;
         ib_human_size(hb, before);
-        ib_human_size(hb2, du(gitdir));
+        res->gitdir_after = du(gitdir);
+        ib_human_size(hb2, res->gitdir_after);
         say(cb, ud, "shrink: .git %s -> %s in %.2f s", hb, hb2, ib_now() - tg0);
     }
-    say(cb, ud, "slim: done in %.2f s; commit-map and ref-map in %s", ib_now() - t0, mapdir);
+    res->seconds = ib_now() - t0;
+    say(cb, ud, "slim: done in %.2f s; commit-map and ref-map in %s", res->seconds, mapdir);
 
 out:
     free_list(&l);

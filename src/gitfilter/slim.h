@@ -8,6 +8,9 @@
 
 #include "gitfilter/filter.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
 typedef struct {
     const char *repo;          /* worktree top or bare repository; NULL: the one around the cwd */
     const ib_gf_filter *filter;
@@ -25,7 +28,17 @@ typedef struct {
 /* Receives one finished report line at a time ("export: …", "rewrite: …"). */
 typedef void (*ib_gf_slim_say)(void *ud, const char *line);
 
-int ib_gf_slim_run(const ib_gf_slim_opts *o, ib_gf_slim_say say, void *ud);
+/* What a run did, for scripts (--progress json). */
+typedef struct {
+    size_t commits, kept, pruned, refs_changed;
+    size_t exported_files, exported_written;
+    uint64_t exported_bytes;
+    uint64_t gitdir_before, gitdir_after; /* bytes; after = before without gc */
+    double rewrite_seconds, seconds;
+    int dry_run, changed;                 /* changed: history was rewritten */
+} ib_gf_slim_result;
+
+int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_say say, void *ud);
 
 /* --analyze: writes <gitdir>/imgbuild-slim/analysis/ and returns the report
  * (malloc'd). filter may have no rules (then no estimate is made). */

@@ -449,6 +449,23 @@ test_expect_success 'notes follow their commits: re-keyed to the new ids, the no
     git -C "$N" fsck --full --no-progress >/dev/null 2>&1
 '
 
+test_expect_success '--progress json: every line an event, a result with the numbers last' '
+    J=$TMP/J && clone "$J" &&
+    ib slim "$J" --path "$D1" --path "$D2" --export-to "$TMP/json.exp" --no-backup --progress json >/dev/null &&
+    python3 - "$TMP/last.err" "$N_ORIG" "$N_KEPT" <<PY
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+r = ev[-1]
+assert r["event"] == "result", r
+r = r["result"]
+assert r["rewritten"] and not r["dry_run"], r
+assert r["commits"] == int(sys.argv[2]) and r["kept"] == int(sys.argv[3]) and r["pruned"] == r["commits"] - r["kept"], r
+assert r["exported_files"] == r["exported_written"] > 0 and r["exported_bytes"] > 0, r
+assert 0 < r["gitdir_bytes_after"] < r["gitdir_bytes_before"], r
+assert any(e.get("event") == "message" and e["message"].startswith("rewrite: ") for e in ev[:-1])
+PY
+'
+
 test_expect_success 'bad input: usage errors exit 2 naming the flag; a non-repo exits 1 naming it; nothing changes' '
     G=$TMP/G && refs_of "$G" >"$TMP/G.refs" &&
     usage() { # PATTERN ARGS…
