@@ -1,4 +1,5 @@
 #include "build/context.h"
+#include "oci/digest.h"
 #include "common/error.h"
 #include "common/fs.h"
 
@@ -652,4 +653,28 @@ int ib_context_resolve(char **out, ib_context *c, const char *path, int follow_l
     free(todo);
     *out = res;
     return r;
+}
+
+static int hash_sink(void *ctx, const void *buf, size_t len)
+{
+    ib_digest_update(ctx, buf, len);
+    return 0;
+}
+
+int ib_context_content_id(char **out, ib_context *ctx, const char *path, const ib_ctx_stat *st)
+{
+    if (st->id[0]) {
+        *out = ib_xasprintf("git:%s", st->id);
+        return 0;
+    }
+    ib_digester *d = NULL;
+    int r = ib_digest_new(&d);
+    if (r < 0) return r;
+    r = ib_context_read(ctx, path, hash_sink, d);
+    char dg[IB_DIGEST_STRLEN + 1];
+    ib_digest_final(dg, d);
+    ib_digest_free(d);
+    if (r < 0) return r;
+    *out = ib_xstrdup(dg);
+    return 0;
 }

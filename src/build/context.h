@@ -55,6 +55,10 @@ void ib_context_names_free(char **names, size_t n);
 /* Streams a file's bytes (matches ib_layer_content_fn, src = the context). */
 int ib_context_read(void *c, const char *path, ib_sink_fn sink, void *sink_ctx);
 int ib_context_read_all(char **out, size_t *len, ib_context *c, const char *path, size_t max);
+/* Content id of a file (st from ib_context_stat), for cache keys: its git
+ * blob id when it comes from a commit ("git:<oid>", nothing read), else the
+ * sha256 of its bytes. Caller frees. */
+int ib_context_content_id(char **out, ib_context *c, const char *path, const ib_ctx_stat *st);
 /* Resolves symlinks in path the way a chroot at the context root would
  * (".." never climbs above the root; absolute targets start at the root).
  * follow_last: also resolve the final component. *out is normalised, no

@@ -226,32 +226,6 @@ typedef struct {
     ib_strbuf inputs;   /* what decided this layer, for explaining cache misses */
 } copier;
 
-static int hash_sink(void *ctx, const void *buf, size_t len)
-{
-    ib_digest_update(ctx, buf, len);
-    return 0;
-}
-
-/* Content id of a file: its git blob id when it comes from a commit (no read
- * needed), else the sha256 of its bytes. */
-static int content_id(char **out, ib_context *ctx, const char *path, const ib_ctx_stat *st)
-{
-    if (st->id[0]) {
-        *out = ib_xasprintf("git:%s", st->id);
-        return 0;
-    }
-    ib_digester *d = NULL;
-    int r = ib_digest_new(&d);
-    if (r < 0) return r;
-    r = ib_context_read(ctx, path, hash_sink, d);
-    char dg[IB_DIGEST_STRLEN + 1];
-    ib_digest_final(dg, d);
-    ib_digest_free(d);
-    if (r < 0) return r;
-    *out = ib_xstrdup(dg);
-    return 0;
-}
-
 static void set_owner(const copier *c, ib_layer_entry *e, unsigned uid, unsigned gid)
 {
     e->uid = c->env->chown ? c->env->uid : uid;
@@ -283,7 +257,7 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
     }
     default: {
         char *cid;
-        int r = content_id(&cid, c->ctx, src, st);
+        int r = ib_context_content_id(&cid, c->ctx, src, st);
         if (r < 0) return r;
         e.type = IB_LE_FILE;
         e.mode = c->has_chmod ? c->chmod : st->mode;

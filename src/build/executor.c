@@ -870,12 +870,6 @@ static void bind_list_free(bind_list *bl)
     bl->n = 0;
 }
 
-static int hash_sink(void *d, const void *buf, size_t len)
-{
-    ib_digest_update(d, buf, len);
-    return 0;
-}
-
 static int bind_ignored(const bind_src *bs, const char *rel) { return bs->ignore && *rel && ib_ignore_match(bs->ignore, rel); }
 
 /* One line per entry below rel (sorted, recursive): what the command can see. */
@@ -886,16 +880,10 @@ static int bind_walk(ib_strbuf *sb, const bind_src *bs, const char *rel)
     if (r < 0) return r;
     char id[IB_DIGEST_STRLEN + 1] = "";
     if (cs.type == IB_CT_FILE) {
-        if (cs.id[0]) {
-            snprintf(id, sizeof id, "git:%s", cs.id);
-        } else {
-            ib_digester *d;
-            if ((r = ib_digest_new(&d)) < 0) return r;
-            r = ib_context_read(bs->ctx, rel, hash_sink, d);
-            ib_digest_final(id, d);
-            ib_digest_free(d);
-            if (r < 0) return r;
-        }
+        char *cid = NULL;
+        if ((r = ib_context_content_id(&cid, bs->ctx, rel, &cs)) < 0) return r;
+        snprintf(id, sizeof id, "%s", cid);
+        free(cid);
     } else if (cs.type == IB_CT_SYMLINK) {
         char *t = NULL;
         if ((r = ib_context_readlink(&t, bs->ctx, rel)) < 0) return r;

@@ -133,52 +133,66 @@ int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, i
     return rc;
 }
 
+/* The manifest of a one-layer entry image (its config goes into the store):
+ * a valid, if empty-looking, image config, so registries that check treat
+ * it as an image. ann is a JSON object of annotations (taken). */
+static char *entry_manifest(ib_desc *cd, ib_store *s, const ib_layer_result *res, const char *created_by,
+                            const char *comment, json_t *ann, int *rc)
+{
+    json_t *cfg = json_pack("{s:s,s:s,s:{},s:{s:s,s:[s]},s:[{s:s,s:s}]}", "architecture", "amd64", "os", "linux",
+                            "config", "rootfs", "type", "layers", "diff_ids", res->diff_id, "history", "created_by",
+                            created_by ? created_by : "", "comment", comment);
+    char *ctext = ib_json_dump(cfg);
+    json_decref(cfg);
+    cd->media_type = IB_MT_OCI_CONFIG;
+    cd->size = strlen(ctext);
+    *rc = ib_store_put_blob(cd->digest, s, ctext, strlen(ctext));
+    free(ctext);
+    ib_desc ld = {(char *)res->media_type, {0}, res->size};
+    memcpy(ld.digest, res->digest, sizeof ld.digest);
+    json_t *man = json_object();
+    json_object_set_new(man, "schemaVersion", json_integer(2));
+    json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
+    json_object_set_new(man, "config", ib_desc_to_json(cd));
+    json_t *ls = json_array();
+    json_array_append_new(ls, ib_desc_to_json(&ld));
+    json_object_set_new(man, "layers", ls);
+    json_object_set_new(man, "annotations", ann);
+    char *mtext = ib_json_dump(man);
+    json_decref(man);
+    return mtext;
+}
+
+/* Uploads what the registry lacks of the entry's two blobs, then tags it. */
+static int upload_entry(ib_remote_cache *c, ib_store *s, const ib_desc *cd, const ib_layer_result *res,
+                        const char *tag, const char *mtext)
+{
+    int exists = 0;
+    int rc = ib_registry_blob_exists(&exists, c->reg, c->repo, cd->digest);
+    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, cd->digest, s);
+    if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, res->digest);
+    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, res->digest, s);
+    char mdg[IB_DIGEST_STRLEN + 1];
+    ib_digest_buf(mdg, mtext, strlen(mtext));
+    if (rc == 0) rc = ib_registry_manifest_put(c->reg, c->repo, tag, mtext, strlen(mtext), IB_MT_OCI_MANIFEST, mdg);
+    return rc;
+}
+
 int ib_remote_cache_put(ib_remote_cache *c, ib_store *s, const char *key, const ib_layer_result *res,
                         const char *created_by)
 {
     char *tag = tag_for(key);
     char have[IB_DIGEST_STRLEN + 1];
     int rc = ib_registry_manifest_head(have, c->reg, c->repo, tag);
-    if (rc == 0) { /* already shared */
-        free(tag);
-        return 0;
-    }
-    if (rc != IB_ENOTFOUND) {
+    if (rc != IB_ENOTFOUND) { /* 0: already shared */
         free(tag);
         return rc;
     }
-    /* A valid (if empty-looking) image config, so registries that check treat it as an image. */
-    json_t *cfg = json_pack("{s:s,s:s,s:{},s:{s:s,s:[s]},s:[{s:s,s:s}]}", "architecture", "amd64", "os", "linux",
-                            "config", "rootfs", "type", "layers", "diff_ids", res->diff_id, "history", "created_by",
-                            created_by ? created_by : "", "comment", "imgbuild cache");
-    char *ctext = ib_json_dump(cfg);
-    json_decref(cfg);
-    ib_desc cd = {IB_MT_OCI_CONFIG, {0}, strlen(ctext)};
-    rc = ib_store_put_blob(cd.digest, s, ctext, strlen(ctext));
-    free(ctext);
-    int exists = 0;
-    if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, cd.digest);
-    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, cd.digest, s);
-    if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, res->digest);
-    if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, res->digest, s);
-    if (rc == 0) {
-        ib_desc ld = {(char *)res->media_type, {0}, res->size};
-        memcpy(ld.digest, res->digest, sizeof ld.digest);
-        json_t *man = json_object();
-        json_object_set_new(man, "schemaVersion", json_integer(2));
-        json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
-        json_object_set_new(man, "config", ib_desc_to_json(&cd));
-        json_t *ls = json_array();
-        json_array_append_new(ls, ib_desc_to_json(&ld));
-        json_object_set_new(man, "layers", ls);
-        json_object_set_new(man, "annotations", json_pack("{s:s}", "org.imgbuild.cache.key", key));
-        char *mtext = ib_json_dump(man);
-        json_decref(man);
-        char mdg[IB_DIGEST_STRLEN + 1];
-        ib_digest_buf(mdg, mtext, strlen(mtext));
-        rc = ib_registry_manifest_put(c->reg, c->repo, tag, mtext, strlen(mtext), IB_MT_OCI_MANIFEST, mdg);
-        free(mtext);
-    }
+    ib_desc cd = {0};
+    char *mtext = entry_manifest(&cd, s, res, created_by, "imgbuild cache",
+                                 json_pack("{s:s}", "org.imgbuild.cache.key", key), &rc);
+    if (rc == 0) rc = upload_entry(c, s, &cd, res, tag, mtext);
+    free(mtext);
     free(tag);
     return rc;
 }
@@ -203,27 +217,11 @@ int ib_remote_cache_put_mount(uint64_t *size, int *pushed, ib_remote_cache *c, i
     ib_context_free(ctx);
     if (rc < 0) return rc;
     *size = res.size;
-    json_t *cfg = json_pack("{s:s,s:s,s:{},s:{s:s,s:[s]},s:[{s:s,s:s}]}", "architecture", "amd64", "os", "linux",
-                            "config", "rootfs", "type", "layers", "diff_ids", res.diff_id, "history", "created_by",
-                            target, "comment", "imgbuild cache mount");
-    char *ctext = ib_json_dump(cfg);
-    json_decref(cfg);
-    ib_desc cd = {IB_MT_OCI_CONFIG, {0}, strlen(ctext)};
-    rc = ib_store_put_blob(cd.digest, s, ctext, strlen(ctext));
-    free(ctext);
-    ib_desc ld = {(char *)res.media_type, {0}, res.size};
-    memcpy(ld.digest, res.digest, sizeof ld.digest);
-    json_t *man = json_object();
-    json_object_set_new(man, "schemaVersion", json_integer(2));
-    json_object_set_new(man, "mediaType", json_string(IB_MT_OCI_MANIFEST));
-    json_object_set_new(man, "config", ib_desc_to_json(&cd));
-    json_t *ls = json_array();
-    json_array_append_new(ls, ib_desc_to_json(&ld));
-    json_object_set_new(man, "layers", ls);
-    json_object_set_new(man, "annotations", json_pack("{s:s,s:s}", "org.imgbuild.cache.mount", name,
-                                                       "org.imgbuild.cache.mount.target", target));
-    char *mtext = ib_json_dump(man);
-    json_decref(man);
+    ib_desc cd = {0};
+    char *mtext = entry_manifest(&cd, s, &res, target, "imgbuild cache mount",
+                                 json_pack("{s:s,s:s}", "org.imgbuild.cache.mount", name,
+                                           "org.imgbuild.cache.mount.target", target),
+                                 &rc);
     char mdg[IB_DIGEST_STRLEN + 1], have[IB_DIGEST_STRLEN + 1];
     ib_digest_buf(mdg, mtext, strlen(mtext));
     char *tag = mount_tag(name);
@@ -233,12 +231,7 @@ int ib_remote_cache_put_mount(uint64_t *size, int *pushed, ib_remote_cache *c, i
     } else if (h < 0 && h != IB_ENOTFOUND) {
         rc = h;
     } else {
-        int exists = 0;
-        rc = ib_registry_blob_exists(&exists, c->reg, c->repo, cd.digest);
-        if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, cd.digest, s);
-        if (rc == 0) rc = ib_registry_blob_exists(&exists, c->reg, c->repo, res.digest);
-        if (rc == 0 && !exists) rc = ib_registry_blob_upload(c->reg, c->repo, res.digest, s);
-        if (rc == 0) rc = ib_registry_manifest_put(c->reg, c->repo, tag, mtext, strlen(mtext), IB_MT_OCI_MANIFEST, mdg);
+        rc = upload_entry(c, s, &cd, &res, tag, mtext);
         if (rc == 0) *pushed = 1;
     }
     free(tag);

@@ -455,6 +455,49 @@ static int cmp_link(const void *a, const void *b)
     return strcmp(x->path, y->path);
 }
 
+/* One snapshot entry for the file at abs (image path rel); regular files
+ * with several names are remembered for add_hardlinks. */
+static int add_path(ib_layer_builder *b, const char *abs, const char *rel, const struct stat *sb, void *ctx,
+                    link_names *ln)
+{
+    size_t xl_len = 0;
+    unsigned char *xa = S_ISLNK(sb->st_mode) ? NULL : read_xattrs(abs, &xl_len);
+    ib_layer_entry e = {.path = rel, .mode = sb->st_mode & 07777, .uid = map_uid(sb->st_uid),
+                        .gid = map_gid(sb->st_gid), .xattrs = xa, .xattrs_len = xl_len};
+    char t[4096];
+    int r = 0;
+    if (S_ISDIR(sb->st_mode)) {
+        e.type = IB_LE_DIR;
+    } else if (S_ISLNK(sb->st_mode)) {
+        ssize_t k = readlink(abs, t, sizeof t - 1);
+        if (k < 0) r = ib_error_errno(IB_ERR, "readlink %s", abs);
+        t[k < 0 ? 0 : k] = 0;
+        e.type = IB_LE_SYMLINK;
+        e.mode = 0777;
+        e.link = t;
+    } else if (S_ISREG(sb->st_mode)) {
+        e.type = IB_LE_FILE;
+        e.size = (uint64_t)sb->st_size;
+        e.src = ctx;
+        e.src_path = rel;
+        e.content = ib_context_read;
+        if (sb->st_nlink > 1) {
+            if (ln->n == ln->cap) {
+                ln->cap = ln->cap ? ln->cap * 2 : 16;
+                ln->v = ib_xrealloc(ln->v, ln->cap * sizeof *ln->v);
+            }
+            ln->v[ln->n].ino = sb->st_ino;
+            ln->v[ln->n++].path = ib_xstrdup(rel);
+        }
+    } else {
+        free(xa);
+        return 0; /* sockets, fifos, device nodes: not image content */
+    }
+    if (r == 0) r = ib_layer_add(b, &e);
+    free(xa);
+    return r;
+}
+
 static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, void *ctx, link_names *ln)
 {
     char *dir = *rel ? ib_fs_join(upper, rel) : ib_xstrdup(upper);
@@ -478,12 +521,7 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
             ib_layer_entry e = {.path = rp, .type = IB_LE_WHITEOUT};
             r = ib_layer_add(b, &e);
         } else if (S_ISDIR(sb.st_mode)) {
-            size_t xl_len;
-            unsigned char *xa = read_xattrs(ap, &xl_len);
-            ib_layer_entry e = {.path = rp, .type = IB_LE_DIR, .mode = sb.st_mode & 07777, .uid = map_uid(sb.st_uid),
-                                .gid = map_gid(sb.st_gid), .xattrs = xa, .xattrs_len = xl_len};
-            r = ib_layer_add(b, &e);
-            free(xa);
+            r = add_path(b, ap, rp, &sb, ctx, ln);
             char v[4];
             ssize_t xl = getxattr(ap, "trusted.overlay.opaque", v, sizeof v);
             if (xl != 1) xl = getxattr(ap, "user.overlay.opaque", v, sizeof v); /* rootless (userxattr) */
@@ -495,33 +533,8 @@ static int diff_walk(ib_layer_builder *b, const char *upper, const char *rel, vo
                 free(opq);
             }
             if (r == 0) r = diff_walk(b, upper, rp, ctx, ln);
-        } else if (S_ISLNK(sb.st_mode)) {
-            char t[4096];
-            ssize_t n = readlink(ap, t, sizeof t - 1);
-            if (n < 0) {
-                r = ib_error_errno(IB_ERR, "readlink %s", ap);
-            } else {
-                t[n] = 0;
-                ib_layer_entry e = {.path = rp, .type = IB_LE_SYMLINK, .mode = 0777, .uid = map_uid(sb.st_uid),
-                                    .gid = map_gid(sb.st_gid), .link = t};
-                r = ib_layer_add(b, &e);
-            }
-        } else if (S_ISREG(sb.st_mode)) {
-            size_t xl_len;
-            unsigned char *xa = read_xattrs(ap, &xl_len);
-            ib_layer_entry e = {.path = rp, .type = IB_LE_FILE, .mode = sb.st_mode & 07777, .uid = map_uid(sb.st_uid),
-                                .gid = map_gid(sb.st_gid), .size = (uint64_t)sb.st_size, .src = ctx, .src_path = rp,
-                                .content = ib_context_read, .xattrs = xa, .xattrs_len = xl_len};
-            r = ib_layer_add(b, &e);
-            free(xa);
-            if (r == 0 && sb.st_nlink > 1) {
-                if (ln->n == ln->cap) {
-                    ln->cap = ln->cap ? ln->cap * 2 : 16;
-                    ln->v = ib_xrealloc(ln->v, ln->cap * sizeof *ln->v);
-                }
-                ln->v[ln->n].ino = sb.st_ino;
-                ln->v[ln->n++].path = ib_xstrdup(rp);
-            }
+        } else {
+            r = add_path(b, ap, rp, &sb, ctx, ln);
         }
         /* sockets, fifos and device nodes a command made are not image content */
         free(ap);
@@ -607,47 +620,6 @@ static int same_xattrs(const char *a, const char *b)
     free(xa);
     free(xb);
     return same;
-}
-
-static int add_path(ib_layer_builder *b, const char *abs, const char *rel, const struct stat *sb, void *ctx,
-                    link_names *ln)
-{
-    size_t xl_len = 0;
-    unsigned char *xa = S_ISLNK(sb->st_mode) ? NULL : read_xattrs(abs, &xl_len);
-    ib_layer_entry e = {.path = rel, .mode = sb->st_mode & 07777, .uid = map_uid(sb->st_uid),
-                        .gid = map_gid(sb->st_gid), .xattrs = xa, .xattrs_len = xl_len};
-    char t[4096];
-    int r = 0;
-    if (S_ISDIR(sb->st_mode)) {
-        e.type = IB_LE_DIR;
-    } else if (S_ISLNK(sb->st_mode)) {
-        ssize_t k = readlink(abs, t, sizeof t - 1);
-        if (k < 0) r = ib_error_errno(IB_ERR, "readlink %s", abs);
-        t[k < 0 ? 0 : k] = 0;
-        e.type = IB_LE_SYMLINK;
-        e.mode = 0777;
-        e.link = t;
-    } else if (S_ISREG(sb->st_mode)) {
-        e.type = IB_LE_FILE;
-        e.size = (uint64_t)sb->st_size;
-        e.src = ctx;
-        e.src_path = rel;
-        e.content = ib_context_read;
-        if (sb->st_nlink > 1) {
-            if (ln->n == ln->cap) {
-                ln->cap = ln->cap ? ln->cap * 2 : 16;
-                ln->v = ib_xrealloc(ln->v, ln->cap * sizeof *ln->v);
-            }
-            ln->v[ln->n].ino = sb->st_ino;
-            ln->v[ln->n++].path = ib_xstrdup(rel);
-        }
-    } else {
-        free(xa);
-        return 0; /* sockets, fifos, device nodes: not image content */
-    }
-    if (r == 0) r = ib_layer_add(b, &e);
-    free(xa);
-    return r;
 }
 
 static int walk_cmp(ib_layer_builder *b, const char *lower, const char *root, const char *rel, void *ctx,

@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "gitfilter/analyze.h"
+#include "gitfilter/gitutil.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/progress.h"
@@ -30,11 +31,6 @@
 #define NONE UINT32_MAX
 #define SUMMARY_COLS 100
 
-static int git_fail(const char *what)
-{
-    const git_error *e = git_error_last();
-    return ib_error_set(IB_ERR, "%s: %s", what, e && e->message ? e->message : "unknown libgit2 error");
-}
 
 /* ---- on-disk sizes ------------------------------------------------------ */
 
@@ -480,7 +476,7 @@ static int add_version(walker *w, uint32_t pid, size_t plen, const git_oid *id)
         } else if (e < 0) {
             char what[GIT_OID_HEXSZ + 32];
             snprintf(what, sizeof what, "reading blob %s", git_oid_tostr_s(id));
-            return git_fail(what);
+            return ib_gf_git_fail(IB_ERR, what);
         }
         if (w->nblobs == w->blobs_cap) {
             w->blobs_cap = w->blobs_cap ? w->blobs_cap * 2 : 4096;
@@ -517,7 +513,7 @@ static int walk_tree(walker *w, const git_oid *tree_id, uint32_t dir, size_t bas
     if (git_tree_lookup(&t, w->repo, tree_id) < 0) {
         char what[GIT_OID_HEXSZ + 32];
         snprintf(what, sizeof what, "reading tree %s", git_oid_tostr_s(tree_id));
-        return git_fail(what);
+        return ib_gf_git_fail(IB_ERR, what);
     }
     ib_oidmap_set(w->trees, tree_id, 1);
     size_t n = git_tree_entrycount(t);
@@ -559,7 +555,7 @@ static int walk_commit(walker *w, const git_oid *cid)
     if (git_commit_lookup(&c, w->repo, cid) < 0) {
         char what[GIT_OID_HEXSZ + 32];
         snprintf(what, sizeof what, "reading commit %s", git_oid_tostr_s(cid));
-        return git_fail(what);
+        return ib_gf_git_fail(IB_ERR, what);
     }
     git_oid tree;
     git_oid_cpy(&tree, git_commit_tree_id(c));
@@ -574,20 +570,20 @@ static int walk_commit(walker *w, const git_oid *cid)
 static int push_refs(git_revwalk *walk, git_repository *repo)
 {
     git_reference_iterator *it;
-    if (git_reference_iterator_new(&it, repo) < 0) return git_fail("listing refs");
+    if (git_reference_iterator_new(&it, repo) < 0) return ib_gf_git_fail(IB_ERR, "listing refs");
     git_reference *ref;
     int e, rc = 0;
     while (!rc && (e = git_reference_next(&ref, it)) == 0) {
         git_object *obj;
         if (git_reference_peel(&obj, ref, GIT_OBJECT_COMMIT) == 0) {
-            if (git_revwalk_push(walk, git_object_id(obj)) < 0) rc = git_fail(git_reference_name(ref));
+            if (git_revwalk_push(walk, git_object_id(obj)) < 0) rc = ib_gf_git_fail(IB_ERR, git_reference_name(ref));
             git_object_free(obj);
         } else {
             git_error_clear();
         }
         git_reference_free(ref);
     }
-    if (!rc && e != GIT_ITEROVER) rc = git_fail("listing refs");
+    if (!rc && e != GIT_ITEROVER) rc = ib_gf_git_fail(IB_ERR, "listing refs");
     git_reference_iterator_free(it);
     return rc;
 }
@@ -719,11 +715,11 @@ int ib_gf_analyze(ib_gf_analysis **out, git_repository *repo, const ib_gf_filter
     int rc = ib_gf_disk_sizes(&w.disk, repo);
     if (rc) goto out;
     if (git_repository_odb(&w.odb, repo) < 0) {
-        rc = git_fail("opening the object database");
+        rc = ib_gf_git_fail(IB_ERR, "opening the object database");
         goto out;
     }
     if (git_revwalk_new(&walk, repo) < 0) {
-        rc = git_fail("starting the history walk");
+        rc = ib_gf_git_fail(IB_ERR, "starting the history walk");
         goto out;
     }
     /* HEAD first, with the memo still empty, so its whole tree is seen and
@@ -733,7 +729,7 @@ int ib_gf_analyze(ib_gf_analysis **out, git_repository *repo, const ib_gf_filter
         w.marking = 1;
         rc = walk_commit(&w, git_object_id(head));
         w.marking = 0;
-        if (!rc && git_revwalk_push(walk, git_object_id(head)) < 0) rc = git_fail("HEAD");
+        if (!rc && git_revwalk_push(walk, git_object_id(head)) < 0) rc = ib_gf_git_fail(IB_ERR, "HEAD");
         if (rc) goto out;
     } else {
         git_error_clear(); /* unborn HEAD: nothing is "present" */
@@ -746,7 +742,7 @@ int ib_gf_analyze(ib_gf_analysis **out, git_repository *repo, const ib_gf_filter
         if ((rc = walk_commit(&w, &cid))) goto out;
     }
     if (e != GIT_ITEROVER) {
-        rc = git_fail("walking history");
+        rc = ib_gf_git_fail(IB_ERR, "walking history");
         goto out;
     }
 

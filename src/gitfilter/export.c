@@ -7,6 +7,7 @@
  * tree can never redirect a write outside of it, and an existing file is
  * never overwritten (only accepted when it already holds the blob). */
 #include "gitfilter/export.h"
+#include "gitfilter/gitutil.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/strbuf.h"
@@ -69,11 +70,6 @@ typedef struct {
     EVP_MD_CTX *sha1, *sha256;
 } hasher;
 
-static const char *git_msg(void)
-{
-    const git_error *e = git_error_last();
-    return e && e->message ? e->message : "unknown libgit2 error";
-}
 
 static void hex_encode(char *out, const unsigned char *in, size_t n)
 {
@@ -300,7 +296,7 @@ static int lookup_blob(ctx *c, const entry *e, const char *path, git_blob **out)
     if (git_blob_lookup(out, c->repo, &e->it->blob) < 0) {
         char hex[GIT_OID_HEXSZ + 1];
         git_oid_tostr(hex, sizeof hex, &e->it->blob);
-        return ib_error_set(IB_ECORRUPT, "%s: cannot read blob %s: %s", path, hex, git_msg());
+        return ib_error_set(IB_ECORRUPT, "%s: cannot read blob %s: %s", path, hex, ib_gf_git_msg());
     }
     if ((uint64_t)git_blob_rawsize(*out) != e->size) {
         git_blob_free(*out);
@@ -831,7 +827,7 @@ static int prepare(ctx *c, entry *es, size_t n, uint64_t *total)
         if (gr < 0) {
             char *path = full_path(c, it->dest);
             int r = ib_error_set(gr == GIT_ENOTFOUND ? IB_ECORRUPT : IB_ERR, "%s: cannot read blob %s: %s", path,
-                                 hex, git_msg());
+                                 hex, ib_gf_git_msg());
             free(path);
             return r;
         }
@@ -940,7 +936,7 @@ static int run_phase(ctx *c, entry *es, size_t n, uint64_t total, int verify, si
             wk[t].c.buf = ib_xmalloc(BUF_SIZE);
             if (git_repository_open(&wk[t].c.repo, git_repository_path(c->repo)) < 0 ||
                 git_repository_odb(&wk[t].c.odb, wk[t].c.repo) < 0) {
-                wk[t].rc = ib_error_set(IB_ERR, "export: cannot open the repository again: %s", git_msg());
+                wk[t].rc = ib_error_set(IB_ERR, "export: cannot open the repository again: %s", ib_gf_git_msg());
                 snprintf(wk[t].msg, sizeof wk[t].msg, "%s", ib_error_last());
             }
         }
@@ -981,7 +977,7 @@ int ib_gf_export(ib_gf_export_stats *out, git_repository *repo, const char *dir,
     uint64_t total = 0, done = 0;
     int r;
     if (git_repository_odb(&c.odb, repo) < 0) {
-        r = ib_error_set(IB_ERR, "export: cannot open the object database: %s", git_msg());
+        r = ib_error_set(IB_ERR, "export: cannot open the object database: %s", ib_gf_git_msg());
         goto out;
     }
     if ((r = prepare(&c, es, n, &total)) < 0) goto out;

@@ -1,4 +1,5 @@
 #include "gitfilter/rewrite.h"
+#include "gitfilter/gitutil.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "gitfilter/oidmap.h"
@@ -50,11 +51,6 @@ static void ivec_push(ivec *a, int x)
     a->v[a->n++] = x;
 }
 
-static int git_fail(int code, const char *what)
-{
-    const git_error *e = git_error_last();
-    return ib_error_set(code, "%s: %s", what, e && e->message ? e->message : "libgit2 error");
-}
 
 int ib_gf_parse_prune(int *out, const char *flag, const char *value)
 {
@@ -161,7 +157,7 @@ static int blob_size(ib_gf_rewrite *w, const git_oid *id, uint64_t *out)
     if (ib_oidmap_get(w->sizes, id, out)) return 0;
     size_t len;
     git_object_t type;
-    if (git_odb_read_header(&len, &type, w->odb, id) < 0) return git_fail(IB_ECORRUPT, "reading a blob header");
+    if (git_odb_read_header(&len, &type, w->odb, id) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a blob header");
     ib_oidmap_set(w->sizes, id, len);
     *out = len;
     return 0;
@@ -217,7 +213,7 @@ static int rewrite_tree(ib_gf_rewrite *w, const git_oid *tree, git_oid *out, int
     }
 
     git_tree *t;
-    if (git_tree_lookup(&t, w->repo, tree) < 0) return git_fail(IB_ECORRUPT, "reading a tree");
+    if (git_tree_lookup(&t, w->repo, tree) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a tree");
     size_t n = git_tree_entrycount(t);
     /* per entry: 0 keep, 1 removed, 2 replaced by ids[i] */
     unsigned char *what = ib_xcalloc(n ? n : 1, 1);
@@ -350,8 +346,6 @@ static void commit_body(buf *b, git_commit *c, const git_oid *tree, const git_oi
 
 static const git_oid *empty_tree(ib_gf_rewrite *w)
 {
-    static const git_oid *none;
-    (void)none;
     git_oid id;
     add_object(w, GIT_OBJECT_TREE, ib_xcalloc(1, 1), 0, &id);
     uint64_t i = 0;
@@ -362,7 +356,7 @@ static const git_oid *empty_tree(ib_gf_rewrite *w)
 static int process_commit(ib_gf_rewrite *w, const git_oid *id)
 {
     git_commit *c;
-    if (git_commit_lookup(&c, w->repo, id) < 0) return git_fail(IB_ECORRUPT, "reading a commit");
+    if (git_commit_lookup(&c, w->repo, id) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a commit");
     if (w->nc == w->capc) {
         w->capc = w->capc ? w->capc * 2 : 1024;
         w->c = ib_xrealloc(w->c, w->capc * sizeof *w->c);
@@ -542,7 +536,7 @@ static int map_tag(ib_gf_rewrite *w, const git_oid *old, git_oid *out, int depth
         return 0;
     }
     git_odb_object *raw;
-    if (git_odb_read(&raw, w->odb, old) < 0) return git_fail(IB_ECORRUPT, "reading a tag");
+    if (git_odb_read(&raw, w->odb, old) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a tag");
     const char *d = git_odb_object_data(raw);
     size_t len = git_odb_object_size(raw);
     git_oid target, nt;
@@ -606,7 +600,7 @@ static int map_object(ib_gf_rewrite *w, const git_oid *old, git_oid *out, int de
     }
     size_t len;
     git_object_t type;
-    if (git_odb_read_header(&len, &type, w->odb, old) < 0) return git_fail(IB_ECORRUPT, "reading a ref target");
+    if (git_odb_read_header(&len, &type, w->odb, old) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a ref target");
     if (type == GIT_OBJECT_TAG) return map_tag(w, old, out, depth);
     git_oid_cpy(out, old); /* trees and blobs pointed at directly are left alone */
     return 0;
@@ -615,11 +609,11 @@ static int map_object(ib_gf_rewrite *w, const git_oid *old, git_oid *out, int de
 static int push_tip(ib_gf_rewrite *w, git_revwalk *walk, const git_oid *id)
 {
     git_object *o;
-    if (git_object_lookup(&o, w->repo, id, GIT_OBJECT_ANY) < 0) return git_fail(IB_ECORRUPT, "reading a ref");
+    if (git_object_lookup(&o, w->repo, id, GIT_OBJECT_ANY) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a ref");
     git_object *peeled = NULL;
     int rc = 0;
     if (git_object_peel(&peeled, o, GIT_OBJECT_COMMIT) == 0) {
-        if (git_revwalk_push(walk, git_object_id(peeled)) < 0) rc = git_fail(IB_ERR, "walking history");
+        if (git_revwalk_push(walk, git_object_id(peeled)) < 0) rc = ib_gf_git_fail(IB_ERR, "walking history");
     } else {
         git_error_clear(); /* a tag of a tree or blob: nothing to walk */
     }
@@ -631,7 +625,7 @@ static int push_tip(ib_gf_rewrite *w, git_revwalk *walk, const git_oid *id)
 static int collect_refs(ib_gf_rewrite *w, git_revwalk *walk)
 {
     git_reference_iterator *it;
-    if (git_reference_iterator_new(&it, w->repo) < 0) return git_fail(IB_ERR, "listing refs");
+    if (git_reference_iterator_new(&it, w->repo) < 0) return ib_gf_git_fail(IB_ERR, "listing refs");
     git_reference *r;
     int rc = 0, err;
     size_t cap = 0;
@@ -654,7 +648,7 @@ static int collect_refs(ib_gf_rewrite *w, git_revwalk *walk)
         git_reference_free(r);
     }
     git_reference_iterator_free(it);
-    if (rc == 0 && err != GIT_ITEROVER) rc = git_fail(IB_ERR, "listing refs");
+    if (rc == 0 && err != GIT_ITEROVER) rc = ib_gf_git_fail(IB_ERR, "listing refs");
     if (rc == 0 && git_repository_head_detached(w->repo) == 1) {
         git_reference *h;
         if (git_repository_head(&h, w->repo) == 0) {
@@ -745,7 +739,7 @@ static int rekey_notes(ib_gf_rewrite *w, ref_plan *p)
         add_object(w, GIT_OBJECT_TREE, tree.s ? tree.s : ib_xcalloc(1, 1), tree.len, &tid);
         git_commit *tip;
         if (git_commit_lookup(&tip, w->repo, &p->old) < 0) {
-            rc = git_fail(IB_ECORRUPT, "reading a notes commit");
+            rc = ib_gf_git_fail(IB_ECORRUPT, "reading a notes commit");
         } else {
             buf b = {0};
             buf_puts(&b, "tree ");
@@ -831,8 +825,8 @@ int ib_gf_rewrite_compute(ib_gf_rewrite **out, git_repository *repo, const ib_gf
     w->tagmap = ib_oidmap_new();
     git_revwalk *walk = NULL;
     int rc = 0;
-    if (git_repository_odb(&w->odb, repo) < 0) rc = git_fail(IB_ERR, "opening the object database");
-    if (rc == 0 && git_revwalk_new(&walk, repo) < 0) rc = git_fail(IB_ERR, "walking history");
+    if (git_repository_odb(&w->odb, repo) < 0) rc = ib_gf_git_fail(IB_ERR, "opening the object database");
+    if (rc == 0 && git_revwalk_new(&walk, repo) < 0) rc = ib_gf_git_fail(IB_ERR, "walking history");
     if (rc == 0) {
         /* parents before children; the order among unrelated commits does
          * not change the result */
@@ -846,7 +840,7 @@ int ib_gf_rewrite_compute(ib_gf_rewrite **out, git_repository *repo, const ib_gf
         rc = process_commit(w, &id);
         if (cb && ++total % 500 == 0) cb(ud, total, 0);
     }
-    if (rc == 0 && err != GIT_ITEROVER && err < 0) rc = git_fail(IB_ERR, "walking history");
+    if (rc == 0 && err != GIT_ITEROVER && err < 0) rc = ib_gf_git_fail(IB_ERR, "walking history");
     w->st.commits = w->nc;
     if (rc == 0) rc = plan_refs(w);
     git_revwalk_free(walk);
@@ -994,7 +988,7 @@ static int write_pack(ib_gf_rewrite *w)
     free(pe);
     free(pack.s);
     free(idx.s);
-    if (rc == 0 && git_odb_refresh(w->odb) < 0) rc = git_fail(IB_ERR, "refreshing the object database");
+    if (rc == 0 && git_odb_refresh(w->odb) < 0) rc = ib_gf_git_fail(IB_ERR, "refreshing the object database");
     return rc;
 }
 
@@ -1151,28 +1145,28 @@ int ib_gf_rewrite_apply(ib_gf_rewrite *w, const char *mapdir)
     git_signature *sig = NULL;
     git_transaction *tx = NULL;
     if (git_signature_now(&sig, "imgbuild slim", "imgbuild@localhost") < 0 || git_transaction_new(&tx, w->repo) < 0)
-        rc = git_fail(IB_ERR, "starting the ref transaction");
+        rc = ib_gf_git_fail(IB_ERR, "starting the ref transaction");
     for (size_t i = 0; rc == 0 && i < w->nrefs; i++) {
         ref_plan *p = &w->refs[i];
         int moved = strcmp(p->name, p->orig_name) != 0;
         if (p->symbolic && !p->drop) continue;
         if (!p->symbolic && !p->drop && !moved && git_oid_equal(&p->old, &p->new)) continue;
-        if (git_transaction_lock_ref(tx, p->orig_name) < 0) rc = git_fail(IB_ERR, p->orig_name);
-        else if (moved && !p->drop && git_transaction_lock_ref(tx, p->name) < 0) rc = git_fail(IB_ERR, p->name);
+        if (git_transaction_lock_ref(tx, p->orig_name) < 0) rc = ib_gf_git_fail(IB_ERR, p->orig_name);
+        else if (moved && !p->drop && git_transaction_lock_ref(tx, p->name) < 0) rc = ib_gf_git_fail(IB_ERR, p->name);
         else if (p->drop || moved || git_oid_is_zero(&p->new)) {
-            if (git_transaction_remove(tx, p->orig_name) < 0) rc = git_fail(IB_ERR, p->orig_name);
+            if (git_transaction_remove(tx, p->orig_name) < 0) rc = ib_gf_git_fail(IB_ERR, p->orig_name);
         }
         if (rc == 0 && !p->drop && !git_oid_is_zero(&p->new) &&
             git_transaction_set_target(tx, p->name, &p->new, sig, "imgbuild slim") < 0)
-            rc = git_fail(IB_ERR, p->name);
+            rc = ib_gf_git_fail(IB_ERR, p->name);
     }
-    if (rc == 0 && git_transaction_commit(tx) < 0) rc = git_fail(IB_ERR, "updating refs");
+    if (rc == 0 && git_transaction_commit(tx) < 0) rc = ib_gf_git_fail(IB_ERR, "updating refs");
     git_transaction_free(tx);
     git_signature_free(sig);
     if (rc == 0 && w->o.replace_refs) rc = add_replace_refs(w);
     if (rc == 0 && w->head_detached && !git_oid_is_zero(&w->head_new) &&
         git_repository_set_head_detached(w->repo, &w->head_new) < 0)
-        rc = git_fail(IB_ERR, "moving the detached HEAD");
+        rc = ib_gf_git_fail(IB_ERR, "moving the detached HEAD");
     if (rc == 0) rc = write_maps(w, mapdir);
     return rc;
 }
@@ -1231,7 +1225,7 @@ static int walk_removed(removed_ctx *x, const git_oid *tree, int drop_all)
         ib_oidmap_set(x->seen, &key, 1);
     }
     git_tree *t;
-    if (git_tree_lookup(&t, x->repo, tree) < 0) return git_fail(IB_ECORRUPT, "reading a tree");
+    if (git_tree_lookup(&t, x->repo, tree) < 0) return ib_gf_git_fail(IB_ECORRUPT, "reading a tree");
     size_t n = git_tree_entrycount(t), base = pb->len;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -1247,7 +1241,7 @@ static int walk_removed(removed_ctx *x, const git_oid *tree, int drop_all)
                 size_t len;
                 git_object_t ty;
                 if (git_odb_read_header(&len, &ty, x->odb, git_tree_entry_id(e)) < 0)
-                    rc = git_fail(IB_ECORRUPT, "reading a blob header");
+                    rc = ib_gf_git_fail(IB_ECORRUPT, "reading a blob header");
                 else gone = len > x->max;
             }
             if (rc == 0 && gone)
@@ -1264,7 +1258,7 @@ int ib_gf_removed_in_tree(git_repository *repo, const git_oid *tree, const ib_gf
                           ib_gf_removed_cb cb, void *ud)
 {
     removed_ctx x = {.repo = repo, .f = filter, .seen = seen, .cb = cb, .ud = ud, .max = ib_gf_filter_max_blob(filter)};
-    if (git_repository_odb(&x.odb, repo) < 0) return git_fail(IB_ERR, "opening the object database");
+    if (git_repository_odb(&x.odb, repo) < 0) return ib_gf_git_fail(IB_ERR, "opening the object database");
     int rc = walk_removed(&x, tree, 0);
     free(x.path.s);
     git_odb_free(x.odb);

@@ -1,4 +1,5 @@
 #include "gitfilter/slim.h"
+#include "gitfilter/gitutil.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/progress.h"
@@ -10,7 +11,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <git2.h>
 #include <libgen.h>
 #include <spawn.h>
@@ -25,11 +25,6 @@
 
 extern char **environ;
 
-static int git_fail(int code, const char *what)
-{
-    const git_error *e = git_error_last();
-    return ib_error_set(code, "%s: %s", what, e && e->message ? e->message : "libgit2 error");
-}
 
 static void say(ib_gf_slim_say cb, void *ud, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void say(ib_gf_slim_say cb, void *ud, const char *fmt, ...)
@@ -116,29 +111,52 @@ static int run_git(const char *dir, const char *what, const char *const *args)
     return rc < 0 ? rc : wait_git(&ch);
 }
 
-static uint64_t dir_bytes;
-static int add_size(const char *p, const struct stat *st, int flag, struct FTW *f)
+/* Calls fn for every regular file below dir (not following links) until fn
+ * returns non-zero, which is returned. No global state, unlike nftw. */
+static int each_file(const char *dir, int (*fn)(void *ud, const char *path, const struct stat *st), void *ud)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int r = 0;
+    for (struct dirent *e; r == 0 && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = ib_fs_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0) {
+            if (S_ISDIR(st.st_mode)) r = each_file(p, fn, ud);
+            else if (S_ISREG(st.st_mode)) r = fn(ud, p, &st);
+        }
+        free(p);
+    }
+    closedir(d);
+    return r;
+}
+
+static int add_size(void *ud, const char *p, const struct stat *st)
 {
     (void)p;
-    (void)f;
-    if (flag == FTW_F) dir_bytes += (uint64_t)st->st_size;
+    *(uint64_t *)ud += (uint64_t)st->st_size;
     return 0;
 }
+
 static uint64_t du(const char *dir)
 {
-    dir_bytes = 0;
-    nftw(dir, add_size, 32, FTW_PHYS);
-    return dir_bytes;
+    uint64_t n = 0;
+    each_file(dir, add_size, &n);
+    return n;
 }
 
 /* ---- is this a fresh clone? (git filter-repo's sanity checks) ---------- */
 
-static char reflog_why[512];
-static int reflog_check(const char *p, const struct stat *st, int flag, struct FTW *f)
+typedef struct {
+    char *why;
+    size_t wn;
+} reflog_ctx;
+
+static int reflog_check(void *ud, const char *p, const struct stat *st)
 {
     (void)st;
-    (void)f;
-    if (flag != FTW_F) return 0;
+    reflog_ctx *x = ud;
     FILE *fp = fopen(p, "r");
     if (!fp) return 0;
     int lines = 0, ch;
@@ -147,7 +165,7 @@ static int reflog_check(const char *p, const struct stat *st, int flag, struct F
     fclose(fp);
     if (lines > 1) {
         const char *rel = strstr(p, "/logs/");
-        snprintf(reflog_why, sizeof reflog_why, "the reflog of %s has %d entries", rel ? rel + 6 : p, lines);
+        snprintf(x->why, x->wn, "the reflog of %s has %d entries", rel ? rel + 6 : p, lines);
         return 1;
     }
     return 0;
@@ -220,13 +238,10 @@ static int not_fresh(char *why, size_t wn, git_repository *repo, const char *git
         return 1;
     }
     char *logs = ib_xasprintf("%slogs", gitdir);
-    reflog_why[0] = '\0';
-    int bad = nftw(logs, reflog_check, 16, FTW_PHYS) == 1;
+    reflog_ctx rx = {why, wn};
+    int bad = each_file(logs, reflog_check, &rx);
     free(logs);
-    if (bad) {
-        snprintf(why, wn, "%s", reflog_why);
-        return 1;
-    }
+    if (bad) return 1;
     git_reference *r;
     if (git_reference_lookup(&r, repo, "refs/stash") == 0) {
         git_reference_free(r);
@@ -377,7 +392,7 @@ static int build_export_list(export_list *l, const ib_gf_filter *f, int all_vers
         rc = ib_gf_removed_in_tree(l->repo, &tree, f, seen, on_removed, l);
     git_error_clear();
     git_strarray names = {0};
-    if (rc == 0 && git_reference_list(&names, l->repo) < 0) rc = git_fail(IB_ERR, "listing refs");
+    if (rc == 0 && git_reference_list(&names, l->repo) < 0) rc = ib_gf_git_fail(IB_ERR, "listing refs");
     if (rc == 0) qsort(names.strings, names.count, sizeof *names.strings, cmp_name);
     for (size_t i = 0; rc == 0 && i < names.count; i++) {
         const char *n = names.strings[i];
@@ -392,7 +407,7 @@ static int build_export_list(export_list *l, const ib_gf_filter *f, int all_vers
     git_strarray_dispose(&names);
     if (rc == 0 && all_versions) {
         git_revwalk *walk = NULL;
-        if (git_revwalk_new(&walk, l->repo) < 0 || git_revwalk_push_glob(walk, "*") < 0) rc = git_fail(IB_ERR, "walking history");
+        if (git_revwalk_new(&walk, l->repo) < 0 || git_revwalk_push_glob(walk, "*") < 0) rc = ib_gf_git_fail(IB_ERR, "walking history");
         git_oid c;
         while (rc == 0 && git_revwalk_next(&c, walk) == 0)
             if (tree_of(&tree, l->repo, &c)) rc = ib_gf_removed_in_tree(l->repo, &tree, f, seen, on_removed, l);
@@ -537,7 +552,7 @@ int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_
 
     /* 2. what it removes, exported and verified before anything changes */
     if (git_repository_odb(&l.odb, repo) < 0) {
-        rc = git_fail(IB_ERR, "opening the object database");
+        rc = ib_gf_git_fail(IB_ERR, "opening the object database");
         goto out;
     }
     double tl0 = ib_now();
