@@ -4,6 +4,7 @@
 #include "common/fs.h"
 #include "common/progress.h"
 #include "gitfilter/analyze.h"
+#include "gitfilter/bundle.h"
 #include "gitfilter/export.h"
 #include "gitfilter/oidmap.h"
 #include "gitfilter/rewrite.h"
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <git2.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -458,6 +460,27 @@ static void on_export_progress(void *ud, size_t files, size_t total_files, uint6
         dt > 0 ? (double)bytes / 1e6 / dt : 0.0);
 }
 
+/* ---- the backup on a thread ------------------------------------------ */
+
+typedef struct {
+    ib_gf_bundle_plan *plan;
+    const char *path;
+    pthread_t th;
+    int rc;
+    double seconds;
+    char msg[512]; /* errors are thread-local: the message travels back here */
+} bundle_job;
+
+static void *bundle_thread(void *arg)
+{
+    bundle_job *j = arg;
+    double t0 = ib_now();
+    j->rc = ib_gf_bundle_write(j->plan, j->path);
+    if (j->rc < 0) snprintf(j->msg, sizeof j->msg, "%s", ib_error_last());
+    j->seconds = ib_now() - t0;
+    return NULL;
+}
+
 static char *default_backup(git_repository *repo)
 {
     const char *base = git_repository_is_bare(repo) ? git_repository_path(repo) : git_repository_workdir(repo);
@@ -576,18 +599,29 @@ int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_
         say(cb, ud, "nothing matches the filters: history unchanged");
         goto out;
     }
-    /* The backup bundle is git's work in another process: it runs while the
-     * export does, and only a verified export lets the rewrite go on. */
+    /* The backup runs while the export does, and only a verified export
+     * lets the rewrite go on. A fresh clone is one pack: the bundle is that
+     * pack behind a ref list, copied on a thread; any other store is left to
+     * `git bundle create` in another process. */
     git_child bundle = {.pid = -1};
+    bundle_job job = {0};
+    int bthread = 0;
     char *btmp = NULL;
     double tb0 = ib_now();
     if (!o->no_backup) {
         backup = o->backup ? ib_xstrdup(o->backup) : default_backup(repo);
         btmp = ib_xasprintf("%s.tmp-%d", backup, (int)getpid());
         ib_fs_tmp_register(btmp);
-        const char *args[] = {"bundle", "create", "--quiet", btmp, "--all", NULL};
-        rc = spawn_git(&bundle, workdir ? workdir : gitdir, "git bundle create (the backup)", args);
+        rc = ib_gf_bundle_plan_new(&job.plan, repo);
         if (rc < 0) goto bundle_done;
+        job.path = btmp;
+        if (job.plan && pthread_create(&job.th, NULL, bundle_thread, &job) == 0) {
+            bthread = 1;
+        } else {
+            const char *args[] = {"bundle", "create", "--quiet", btmp, "--all", NULL};
+            rc = spawn_git(&bundle, workdir ? workdir : gitdir, "git bundle create (the backup)", args);
+            if (rc < 0) goto bundle_done;
+        }
     }
     double te0 = ib_now();
     ib_gf_export_stats es = {0};
@@ -608,13 +642,19 @@ int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_
         if (rc < 0) ib_error_set(rc, "%s", msg); /* the export's error is the one that matters */
         else rc = br;
     }
+    if (bthread) {
+        pthread_join(job.th, NULL);
+        if (rc == 0 && job.rc < 0) rc = ib_error_set(job.rc, "backup %s: %s", backup, job.msg);
+    }
     if (rc == 0 && btmp && rename(btmp, backup) < 0) rc = ib_error_errno(IB_ERR, "%s", backup);
     if (rc == 0 && btmp) {
         struct stat bs;
         ib_human_size(hb2, stat(backup, &bs) == 0 ? (uint64_t)bs.st_size : 0);
-        say(cb, ud, "backup: %s (%s), written alongside the export in %.2f s", backup, hb2, ib_now() - tb0);
+        say(cb, ud, "backup: %s (%s), written alongside the export in %.2f s", backup, hb2,
+            (bthread ? job.seconds : ib_now() - tb0));
     }
 bundle_done:
+    ib_gf_bundle_plan_free(job.plan);
     if (btmp) {
         if (rc < 0) unlink(btmp);
         ib_fs_tmp_forget(btmp);

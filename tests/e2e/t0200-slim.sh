@@ -274,7 +274,10 @@ test_expect_success 'the backup bundle holds the whole original history' '
         grep -qE "^$id ($ref|refs/remotes/origin/$b)$" "$TMP/bundle.heads" || { echo "bundle lacks $ref $id"; exit 1; }
     done &&
     git clone -q --mirror "$BU" "$TMP/restored.git" && git -C "$TMP/restored.git" fsck --full --no-progress >/dev/null 2>&1 &&
-    test "$(git -C "$TMP/restored.git" rev-list --all --count)" = "$N_ORIG"
+    test "$(git -C "$TMP/restored.git" rev-list --all --count)" = "$N_ORIG" &&
+    # a fresh clone is one pack, which imgbuild copies behind the ref list: the same refs as git bundle --all
+    BG=$TMP/bg && clone "$BG" && git -C "$BG" bundle create -q "$TMP/git.bundle" --all &&
+    git bundle list-heads "$TMP/git.bundle" | diff -u - "$TMP/bundle.heads"
 '
 
 test_expect_success 'a failing export (read-only DIR) leaves the repo untouched' '
@@ -315,7 +318,11 @@ test_expect_success 'a repo that is not a fresh clone is refused; --force slims 
     test "$(git -C "$D" rev-parse refs/heads/main)" = "$(git -C "$B" rev-parse refs/heads/main)" &&
     test "$(git -C "$D" log -1 --format=%s x)" = "more work" &&
     test "$(git -C "$D" rev-parse x~1)" = "$(git -C "$B" rev-parse main)" &&
-    git -C "$D" fsck --full --no-progress >/dev/null 2>&1
+    git -C "$D" fsck --full --no-progress >/dev/null 2>&1 &&
+    # a loose commit: the backup comes from git bundle create and has the unpushed work
+    git clone -q --mirror "$TMP/D.pre-slim.bundle" "$TMP/D.restored.git" &&
+    test "$(git -C "$TMP/D.restored.git" log -1 --format=%s x)" = "more work" &&
+    test "$(git -C "$TMP/D.restored.git" rev-parse x~1)" = "$(git -C "$O" rev-parse main)"
 '
 
 test_expect_success 're-running into the same export dir writes nothing and gives the same history' '
