@@ -24,6 +24,8 @@ static const char help[] =
     "\n"
     "      --also-tag TAG       push under this tag too (repeatable)\n"
     "  -j, --jobs N             parallel blob uploads (default 4)\n"
+    "      --chunk-size BYTES   upload in PATCHes of this size with Content-Range (default:\n"
+    "                           one request per blob), for proxies that cap request bodies\n"
     "      --cache-dir DIR      local store (default $IMGBUILD_CACHE or $XDG_CACHE_HOME/imgbuild)\n"
     "      --progress MODE      auto, plain, json or quiet\n"
     "  -q, --quiet              print only the manifest digest\n" IB_CLI_REG_HELP;

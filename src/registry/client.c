@@ -55,7 +55,6 @@ int ib_registry_open(ib_registry **out, const char *host, const ib_reg_opts *o)
     r->host = ib_xstrdup(host);
     if (o) r->o = *o;
     if (r->o.jobs <= 0) r->o.jobs = 4;
-    if (!r->o.chunk_size) r->o.chunk_size = 16u << 20;
     ib_http_opts ho = {.ca_file = r->o.ca_file, .host = host, .insecure = r->o.insecure, .plain_http = r->o.plain_http};
     int rc = ib_http_new(&r->http, &ho);
     if (rc < 0) {
@@ -404,15 +403,21 @@ static long long fd_read(void *ctx, char *buf, size_t n)
     return k;
 }
 
-/* "Range: 0-1234" (Distribution's upload status) -> next offset 1235. */
+/* "Range: 0-1234" (an upload's status) -> next offset 1235. Distribution
+ * answers "0-0" both for an empty upload and for one holding one byte: that
+ * is read as 0, and a registry that has the byte refuses the resend with 416,
+ * after which the upload starts over. */
 static int range_next(uint64_t *next, const ib_http_resp *resp)
 {
     const char *rg = ib_http_resp_header(resp, "range");
     if (!rg) return -1;
+    if (!strncmp(rg, "bytes=", 6)) rg += 6;
     const char *dash = strchr(rg, '-');
     if (!dash) return -1;
-    unsigned long long end = strtoull(dash + 1, NULL, 10);
-    *next = (uint64_t)end + 1;
+    char *end;
+    unsigned long long first = strtoull(rg, NULL, 10), last = strtoull(dash + 1, &end, 10);
+    if (end == dash + 1 || last < first) return -1;
+    *next = last == 0 ? 0 : (uint64_t)last + 1;
     return 0;
 }
 
@@ -441,6 +446,51 @@ static int upload_status(uint64_t *next, char **loc, ib_registry *r)
     return rc;
 }
 
+/* Statuses after which the same bytes may be offered again once the
+ * registry has said where it stands. */
+static int resumable(int t, long status)
+{
+    return (t < 0 && t != IB_EAUTH) || (t == 0 && (status >= 500 || status == 408 || status == 429));
+}
+
+/* The pause before a resume: Retry-After when the registry sent one (bounded
+ * like the HTTP layer's), else a short linear backoff. */
+static void resume_pause(const ib_http_resp *resp, int attempt)
+{
+    long ms = 100L * attempt;
+    const char *ra = resp ? ib_http_resp_header(resp, "retry-after") : NULL;
+    if (ra && *ra >= '0' && *ra <= '9') ms = strtol(ra, NULL, 10) * 1000L;
+    if (ms > 10000) ms = 10000;
+    usleep((useconds_t)ms * 1000u);
+}
+
+static void count_recovery(ib_registry *r, int restarted)
+{
+    pthread_mutex_lock(&r->mu);
+    if (restarted) r->st.restarted++;
+    else r->st.resumed++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+enum {
+    MONOLITHIC_MAX = 4u << 20, /* one PUT with the bytes: one round trip less */
+    RESUME_CHUNK = 4u << 20,   /* after a cut: GHCR refuses Content-Range PATCHes over 4 MiB */
+};
+
+/* How a blob goes up, as docker and skopeo do it unless told otherwise:
+ * - up to 4 MiB: POST, then PUT ?digest= carrying the bytes (monolithic);
+ * - larger: POST, one PATCH streaming the whole blob without Content-Range,
+ *   then PUT ?digest=;
+ * - --chunk-size N: PATCHes of N bytes with Content-Range, for proxies and
+ *   registries that cap request bodies.
+ * A PATCH is never replayed blindly, because Distribution appends PATCH
+ * bodies whatever Content-Range says: after a dropped connection, 5xx, 408
+ * or 429 the registry is asked where the upload stands (GET, Range) and the
+ * rest follows in Content-Range chunks; a 416 means the two sides disagree
+ * and is settled the same way. A session the registry no longer knows (404,
+ * BLOB_UPLOAD_UNKNOWN), a finished blob that does not match (400) or a resume
+ * that makes no progress starts the blob over, up to 3 times. After a 202 the
+ * offset is what was sent, not the Range answered: ECR's lags behind. */
 int ib_registry_blob_upload(ib_registry *r, const char *repo, const char *digest, ib_store *s)
 {
     char *path = ib_store_blob_path(s, digest);
@@ -455,64 +505,65 @@ int ib_registry_blob_upload(ib_registry *r, const char *repo, const char *digest
     fstat(fd, &sb);
     uint64_t size = (uint64_t)sb.st_size;
     int rc = 0, restarts = 0, resumes = 0;
+    int chunked = r->o.chunk_size > 0;
     char *loc = NULL;
+    ib_http_resp resp;
 restart:
     free(loc);
     loc = NULL;
     if ((rc = start_upload(&loc, r, repo, NULL, NULL, NULL)) < 0) goto out;
     uint64_t off = 0;
-    while (off < size) {
-        uint64_t n = size - off < r->o.chunk_size ? size - off : r->o.chunk_size;
+    int resuming = 0, monolithic = !chunked && size <= MONOLITHIC_MAX;
+    while (!monolithic && off < size) {
+        uint64_t n = size - off;
+        if (chunked && n > r->o.chunk_size) n = r->o.chunk_size;
+        if (resuming && n > RESUME_CHUNK) n = RESUME_CHUNK;
         struct fd_body fb = {fd, off, n, 0, r, digest, size};
-        /* No rewind: curl would silently resend the chunk on a dead connection,
-         * and Distribution appends PATCH bodies whatever Content-Range says. */
         ib_http_body body = {fd_read, NULL, &fb, (int64_t)n};
         char cr[96];
         snprintf(cr, sizeof cr, "Content-Range: %llu-%llu", (unsigned long long)off, (unsigned long long)(off + n - 1));
-        const char *hs[] = {"Content-Type: application/octet-stream", cr, NULL};
-        /* Never replayed blindly: Distribution appends PATCH bodies whatever
-         * Content-Range says, so a resend would corrupt the upload. */
+        const char *hs[] = {"Content-Type: application/octet-stream", (chunked || resuming) ? cr : NULL, NULL};
         ib_http_req req = {.method = "PATCH", .url = loc, .headers = hs, .stream = &body, .no_retry = 1};
-        ib_http_resp resp;
         int t = do_req(&resp, r, &req);
-        if (t < 0 || resp.status >= 500) {
-            if (t == 0) ib_http_resp_clear(&resp);
-            if (t == IB_EAUTH) {
-                rc = t;
-                goto out;
-            }
+        if (t == IB_EAUTH) {
+            rc = t;
+            goto out;
+        }
+        long status = t == 0 ? resp.status : 0;
+        if (resumable(t, status) || status == 416) {
             if (++resumes > 8) {
-                rc = t < 0 ? t : ib_error_set(IB_ERR, "%s: upload of %s keeps failing", r->host, digest);
+                rc = t < 0 ? t : reg_fail(r, &resp, "uploading a blob (the registry keeps refusing to resume)");
+                if (t == 0) ib_http_resp_clear(&resp);
                 goto out;
             }
-            usleep(100000u * (unsigned)resumes);
-            /* Resume where the registry says it is; a registry that no longer
-             * knows the session (Distribution: its _state no longer matches
-             * what the cut request wrote) gets the blob again from the start. */
+            resume_pause(t == 0 ? &resp : NULL, resumes);
+            if (t == 0) ib_http_resp_clear(&resp);
+            uint64_t was = off;
             int st = upload_status(&off, &loc, r);
-            if (st == IB_ENOTFOUND && restarts++ < 3) {
-                pthread_mutex_lock(&r->mu);
-                r->st.restarted++;
-                pthread_mutex_unlock(&r->mu);
+            /* A 416 that moves nothing, or a registry claiming more than
+             * the blob: this session cannot be trusted any more. */
+            if (st == IB_ENOTFOUND || (st == 0 && ((status == 416 && off == was) || off > size))) {
+                if (restarts++ >= 3) {
+                    rc = ib_error_set(IB_ERR, "%s: upload of %s keeps failing (started over 3 times)", r->host, digest);
+                    goto out;
+                }
+                count_recovery(r, 1);
                 goto restart;
             }
             if (st < 0) {
                 rc = st;
                 goto out;
             }
-            pthread_mutex_lock(&r->mu);
-            r->st.resumed++;
-            pthread_mutex_unlock(&r->mu);
+            resuming = 1;
+            count_recovery(r, 0);
             continue;
         }
-        if (resp.status == 404 && restarts++ < 3) {
+        if (status == 404 && restarts++ < 3) {
             ib_http_resp_clear(&resp);
-            pthread_mutex_lock(&r->mu);
-            r->st.restarted++;
-            pthread_mutex_unlock(&r->mu);
+            count_recovery(r, 1);
             goto restart;
         }
-        if (resp.status != 202) {
+        if (status != 202) {
             rc = reg_fail(r, &resp, "uploading a blob chunk");
             ib_http_resp_clear(&resp);
             goto out;
@@ -523,25 +574,34 @@ restart:
             free(loc);
             loc = nl;
         }
-        uint64_t next;
-        off = range_next(&next, &resp) == 0 ? next : off + n;
+        off += n;
         ib_http_resp_clear(&resp);
     }
     {
         char *url = ib_xasprintf("%s%cdigest=%s", loc, strchr(loc, '?') ? '&' : '?', digest);
+        struct fd_body fb = {fd, 0, size, 0, r, digest, size};
+        ib_http_body body = {fd_read, NULL, &fb, (int64_t)size};
         const char *hs[] = {"Content-Type: application/octet-stream", NULL};
-        ib_http_req req = {.method = "PUT", .url = url, .headers = hs, .body = "", .body_len = 0};
-        ib_http_resp resp;
-        rc = do_req(&resp, r, &req);
+        ib_http_req req = {.method = "PUT", .url = url, .headers = hs, .body = "", .body_len = 0, .no_retry = monolithic};
+        if (monolithic) req.stream = &body;
+        int t = do_req(&resp, r, &req);
         free(url);
-        if (rc < 0) goto out;
+        if (monolithic && resumable(t, t == 0 ? resp.status : 0) && restarts++ < 3) {
+            /* one request carried the whole blob: nothing to resume */
+            resume_pause(t == 0 ? &resp : NULL, restarts);
+            if (t == 0) ib_http_resp_clear(&resp);
+            count_recovery(r, 1);
+            goto restart;
+        }
+        if (t < 0) {
+            rc = t;
+            goto out;
+        }
         /* 404: the session expired; 400 DIGEST_INVALID: bytes from a cut
          * request landed after we resumed. Either way: start over. */
         if ((resp.status == 404 || resp.status == 400) && restarts++ < 3) {
             ib_http_resp_clear(&resp);
-            pthread_mutex_lock(&r->mu);
-            r->st.restarted++;
-            pthread_mutex_unlock(&r->mu);
+            count_recovery(r, 1);
             goto restart;
         }
         if (resp.status != 201) {

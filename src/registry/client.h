@@ -20,7 +20,7 @@ typedef struct {
     int insecure;           /* --insecure */
     int plain_http;         /* --plain-http */
     int jobs;               /* parallel blob transfers, 0 = 4 */
-    uint64_t chunk_size;    /* upload PATCH size, 0 = 16 MiB */
+    uint64_t chunk_size;    /* 0: monolithic up to 4 MiB, else one streamed PATCH; N: PATCHes of N bytes */
 } ib_reg_opts;
 
 typedef struct ib_registry ib_registry;
