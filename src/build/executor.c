@@ -1,4 +1,5 @@
 #include "build/executor.h"
+#include "oci/platform.h"
 #include "build/context.h"
 #include "build/cache.h"
 #include "build/copy.h"
@@ -254,6 +255,33 @@ static void stage_from_stage(stage *st, const stage *src)
     if (src->base_annotations) st->base_annotations = json_deep_copy(src->base_annotations);
 }
 
+/* The image manifest a digest names in the store: itself, or for an index
+ * (stored by the pull that resolved it) the entry for this platform.
+ * IB_ENOTFOUND when either is missing. */
+static int local_by_digest(char *out, ib_store *s, const char *digest, const char *platform)
+{
+    char *body = NULL;
+    size_t len = 0;
+    if (!ib_store_has_blob(s, digest, NULL)) return IB_ENOTFOUND;
+    int r = ib_store_read_blob(&body, &len, s, digest, IB_MANIFEST_MAX);
+    if (r < 0) return r;
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *mt = json_string_value(json_object_get(j, "mediaType"));
+    int index = (mt && (!strcmp(mt, IB_MT_OCI_INDEX) || !strcmp(mt, IB_MT_DOCKER_LIST))) ||
+                (!mt && json_is_array(json_object_get(j, "manifests")));
+    json_decref(j);
+    if (!index) {
+        memcpy(out, digest, IB_DIGEST_STRLEN + 1);
+    } else {
+        ib_platform want;
+        r = ib_platform_parse(&want, platform, "--platform");
+        if (r == 0) r = ib_platform_pick(out, body, len, &want);
+        if (r == 0 && !ib_store_has_blob(s, out, NULL)) r = IB_ENOTFOUND;
+    }
+    free(body);
+    return r;
+}
+
 static int stage_from_image(build *b, stage *st, const char *refstr, int line)
 {
     ib_ref ref;
@@ -261,22 +289,20 @@ static int stage_from_image(build *b, stage *st, const char *refstr, int line)
     if (r < 0) return r;
     char dg[IB_DIGEST_STRLEN + 1];
     char *full = ib_ref_string(&ref);
-    if (ref.digest && !ref.tag) {
-        memcpy(dg, ref.digest, sizeof dg);
-        if (!ib_store_has_blob(b->store, dg, NULL))
-            r = ib_error_set(IB_ENOTFOUND, "base image %s is not in the local store", full);
+    const char *plat = kv_find(&b->meta, "TARGETPLATFORM")->v;
+    if (ref.digest) {
+        /* A digest decides, as in docker (a tag next to it is only a label);
+         * an index digest resolves through the index pulled with it. */
+        r = local_by_digest(dg, b->store, ref.digest, plat);
+        if (r == IB_ENOTFOUND) ib_error_set(r, "base image %s is not in the local store", full);
     } else {
         r = ib_store_get_ref(dg, b->store, full);
-        if (r == 0 && ref.digest && strcmp(ref.digest, dg))
-            r = ib_error_set(IB_EINVALID, "base image %s: the local store has %s under that tag", full, dg);
     }
     if (r == IB_ENOTFOUND) {
         /* Not local: pull it, as docker build would. */
         ib_reg_opts ro = {0};
         if (b->o->reg) ro = *b->o->reg;
         ib_progress_msg(b->prog, "info", "pulling %s", full);
-        char plat[80];
-        snprintf(plat, sizeof plat, "%s/%s", b->os, b->arch);
         r = ib_pull(dg, b->store, &ref, plat, &ro, b->prog);
         if (r < 0)
             ib_error_wrap(r, "base image %s is not in the local store and pulling it failed (or `imgbuild load` "
@@ -1810,21 +1836,20 @@ static int load_dockerfile(build *b)
 
 static int parse_platform(build *b)
 {
-    const char *p = b->o->platform ? b->o->platform : "linux/amd64";
-    static char os[32], arch[32];
-    const char *slash = strchr(p, '/');
-    if (!slash || slash == p || !slash[1] || (size_t)(slash - p) >= sizeof os)
-        return ib_error_set(IB_EUSAGE, "--platform %s: expected OS/ARCH, e.g. linux/amd64", p);
-    snprintf(os, sizeof os, "%.*s", (int)(slash - p), p);
-    snprintf(arch, sizeof arch, "%s", slash + 1);
-    char *v = strchr(arch, '/');
-    if (v) *v = 0; /* variant: recorded in TARGETVARIANT only */
+    static char os[32], arch[32], norm[96];
+    ib_platform pl;
+    int r = ib_platform_parse(&pl, b->o->platform ? b->o->platform : "linux/amd64", "--platform");
+    if (r < 0) return r;
+    snprintf(os, sizeof os, "%s", pl.os);
+    snprintf(arch, sizeof arch, "%s", pl.arch);
+    ib_platform_format(norm, sizeof norm, &pl);
     b->os = os;
     b->arch = arch;
-    kv_set(&b->meta, "TARGETPLATFORM", p);
+    /* as BuildKit: the normalised form (linux/arm/v7 for linux/arm) */
+    kv_set(&b->meta, "TARGETPLATFORM", norm);
     kv_set(&b->meta, "TARGETOS", os);
     kv_set(&b->meta, "TARGETARCH", arch);
-    kv_set(&b->meta, "TARGETVARIANT", v ? v + 1 : "");
+    kv_set(&b->meta, "TARGETVARIANT", pl.variant);
     kv_set(&b->meta, "BUILDPLATFORM", "linux/amd64");
     kv_set(&b->meta, "BUILDOS", "linux");
     kv_set(&b->meta, "BUILDARCH", "amd64");

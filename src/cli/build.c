@@ -24,7 +24,7 @@ static const char help[] =
     "      --target STAGE       build this stage instead of the last\n"
     "      --build-arg K=V      set a build argument (repeatable)\n"
     "      --compression ALGO   gzip (default), zstd or none\n"
-    "      --platform OS/ARCH   target platform (default linux/amd64)\n"
+    "      --platform OS/ARCH[/VARIANT]  target platform (default linux/amd64)\n"
     "      --cache-dir DIR      store and cache (env IMGBUILD_CACHE; default $XDG_CACHE_HOME/imgbuild)\n"
     "      --no-cache           build every step\n"
     "      --cache-from REPO    also look layers up in this registry repository (repeatable)\n"

@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "oci/platform.h"
 #include "oci/archive.h"
 #include "oci/digest.h"
 #include "oci/image.h"
@@ -16,7 +17,7 @@
 #include <sys/stat.h>
 
 static const char help[] =
-    "usage: imgbuild inspect IMAGE.tar|REF [--json] [--cache-dir DIR] [--platform OS/ARCH]\n"
+    "usage: imgbuild inspect IMAGE.tar|REF [--json] [--cache-dir DIR] [--platform OS/ARCH[/VARIANT]]\n"
     "\n"
     "Shows an image tarball's (or a stored or remote image's) name, tag, digest,\n"
     "layers and sizes, config and annotations. Every blob read is verified. A REF\n"
@@ -163,6 +164,8 @@ int ib_cmd_inspect(int argc, char **argv)
         }
     }
     if (optind != argc - 1) return ib_cli_usage_error("inspect: expected one IMAGE.tar or REF");
+    ib_platform chk;
+    if (platform && ib_platform_parse(&chk, platform, "--platform") < 0) return ib_cli_fail(IB_EUSAGE);
     const char *what = argv[optind];
     json_t *man = NULL, *cfg = NULL;
     char digest[IB_DIGEST_STRLEN + 1] = "";

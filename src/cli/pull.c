@@ -2,6 +2,7 @@
 #include "build/cache.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "oci/platform.h"
 #include "oci/archive.h"
 #include "oci/image.h"
 #include "oci/reference.h"
@@ -20,7 +21,7 @@ static const char help[] =
     "into the local store, verifying every blob; -o also writes an image tarball.\n"
     "\n"
     "  -o, --output FILE        write an OCI image tarball too\n"
-    "      --platform OS/ARCH   platform to pick from an index (default linux/amd64)\n"
+    "      --platform OS/ARCH[/VARIANT]  platform to pick from an index (default linux/amd64)\n"
     "  -j, --jobs N             parallel downloads (default 4)\n"
     "      --cache-dir DIR      local store\n"
     "      --progress MODE      auto, plain, json or quiet\n"
@@ -62,6 +63,8 @@ int ib_cmd_pull(int argc, char **argv)
         }
     }
     if (argc - optind != 1) return ib_cli_usage_error("pull: expected one REF");
+    ib_platform chk;
+    if (platform && ib_platform_parse(&chk, platform, "--platform") < 0) return ib_cli_fail(IB_EUSAGE);
     ib_ref ref;
     if (ib_ref_parse(&ref, argv[optind], "latest") < 0) return ib_cli_fail(IB_EUSAGE);
     char *dir = cache_dir ? ib_xstrdup(cache_dir) : ib_store_default_dir();
@@ -81,9 +84,11 @@ int ib_cmd_pull(int argc, char **argv)
         if ((r = ib_image_load(&img, s, digest)) == 0) {
             const char *os = json_string_value(json_object_get(img->config, "os"));
             const char *arch = json_string_value(json_object_get(img->config, "architecture"));
-            char want_os[32] = "", want_arch[32] = "";
-            sscanf(platform, "%31[^/]/%31[^/]", want_os, want_arch);
-            if (os && arch && (strcmp(os, want_os) || strcmp(arch, want_arch)))
+            const char *variant = json_string_value(json_object_get(img->config, "variant"));
+            ib_platform want, have;
+            ib_platform_parse(&want, platform, "--platform"); /* ib_pull checked it */
+            ib_platform_from(&have, os, arch, variant);
+            if (os && arch && ib_platform_score(&want, &have) == 0)
                 r = ib_error_set(IB_EINVALID, "%s is %s/%s, not %s (no index to choose a platform from)", name, os,
                                  arch, platform);
             ib_image_free(img);

@@ -2,6 +2,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "oci/image.h"
+#include "oci/platform.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -263,47 +264,30 @@ out_img:
 
 /* ---- pull ---- */
 
-static int pick_platform(char *out, const char *index_body, size_t len, const char *platform)
-{
-    char os[32] = "linux", arch[32] = "amd64", variant[32] = "";
-    if (platform) sscanf(platform, "%31[^/]/%31[^/]/%31s", os, arch, variant);
-    json_t *j = json_loadb(index_body, len, 0, NULL);
-    json_t *mds = json_object_get(j, "manifests"), *d;
-    size_t i;
-    int found = 0;
-    json_array_foreach(mds, i, d)
-    {
-        json_t *pl = json_object_get(d, "platform");
-        const char *o = json_string_value(json_object_get(pl, "os"));
-        const char *a = json_string_value(json_object_get(pl, "architecture"));
-        const char *v = json_string_value(json_object_get(pl, "variant"));
-        const char *dg = json_string_value(json_object_get(d, "digest"));
-        if (!o || !a || !dg || strcmp(o, os) || strcmp(a, arch)) continue;
-        if (*variant && (!v || strcmp(v, variant))) continue;
-        if (!ib_digest_valid(dg)) continue;
-        memcpy(out, dg, IB_DIGEST_STRLEN + 1);
-        found = 1;
-        break;
-    }
-    json_decref(j);
-    if (!found) return ib_error_set(IB_ENOTFOUND, "no image for platform %s/%s%s%s in the index", os, arch,
-                                    *variant ? "/" : "", variant);
-    return 0;
-}
-
 static int is_index(const char *mt) { return !strcmp(mt, IB_MT_OCI_INDEX) || !strcmp(mt, IB_MT_DOCKER_LIST); }
 
-/* Resolves ref to an image manifest (through an index if needed). */
-static int resolve(char **body, size_t *len, char *digest, ib_registry *reg, const ib_ref *ref, const char *platform)
+/* Resolves ref to an image manifest (through an index if needed; the
+ * index itself goes to *index when asked for, so that a base image pinned
+ * by the index digest resolves again without the registry). */
+static int resolve(char **body, size_t *len, char *digest, char **index, size_t *index_len, ib_registry *reg,
+                   const ib_ref *ref, const char *platform)
 {
     char *mt = NULL;
     const char *reference = ref->digest ? ref->digest : ref->tag ? ref->tag : "latest";
-    int rc = ib_registry_manifest_get(body, len, &mt, digest, reg, ref->repo, reference);
+    ib_platform want;
+    int rc = ib_platform_parse(&want, platform ? platform : "linux/amd64", "--platform");
+    if (rc < 0) return rc;
+    rc = ib_registry_manifest_get(body, len, &mt, digest, reg, ref->repo, reference);
     if (rc < 0) return rc;
     if (is_index(mt)) {
         char child[IB_DIGEST_STRLEN + 1];
-        rc = pick_platform(child, *body, *len, platform);
-        free(*body);
+        rc = ib_platform_pick(child, *body, *len, &want);
+        if (rc == 0 && index) {
+            *index = *body;
+            *index_len = *len;
+        } else {
+            free(*body);
+        }
         *body = NULL;
         free(mt);
         mt = NULL;
@@ -326,10 +310,10 @@ int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platfo
     int rc = ib_registry_open(&reg, ref->registry, o);
     if (rc < 0) return rc;
     ib_registry_want(reg, ref->repo, "pull");
-    char *body = NULL;
-    size_t len = 0;
+    char *body = NULL, *index = NULL;
+    size_t len = 0, index_len = 0;
     char dg[IB_DIGEST_STRLEN + 1];
-    if ((rc = resolve(&body, &len, dg, reg, ref, platform)) < 0) goto out;
+    if ((rc = resolve(&body, &len, dg, &index, &index_len, reg, ref, platform)) < 0) goto out;
     json_t *man = json_loadb(body, len, 0, NULL);
     json_t *layers = json_object_get(man, "layers");
     size_t n = json_array_size(layers) + 1;
@@ -353,6 +337,7 @@ int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platfo
     json_decref(man);
     /* The manifest goes in last: a name never points at an incomplete image. */
     if (rc == 0) rc = ib_store_put_blob(NULL, s, body, len);
+    if (rc == 0 && index) rc = ib_store_put_blob(NULL, s, index, index_len);
     ib_image *img = NULL;
     if (rc == 0) rc = ib_image_load(&img, s, dg);
     ib_image_free(img);
@@ -364,6 +349,7 @@ int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platfo
     if (rc == 0) memcpy(digest_out, dg, sizeof dg);
 out:
     free(body);
+    free(index);
     ib_registry_free(reg);
     return rc;
 }
@@ -377,7 +363,7 @@ int ib_fetch_metadata(char **manifest, char **config, char *digest_out, const ib
     ib_registry_want(reg, ref->repo, "pull");
     char *body = NULL;
     size_t len = 0;
-    if ((rc = resolve(&body, &len, digest_out, reg, ref, platform)) == 0) {
+    if ((rc = resolve(&body, &len, digest_out, NULL, NULL, reg, ref, platform)) == 0) {
         json_t *man = json_loadb(body, len, 0, NULL);
         ib_desc cd;
         rc = ib_desc_from_json(&cd, json_object_get(man, "config"));

@@ -2,6 +2,7 @@
 #include "ut.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "oci/platform.h"
 #include "oci/image.h"
 #include "oci/reference.h"
 #include "oci/store.h"
@@ -159,9 +160,66 @@ static void test_image(const char *dir)
     ib_store_free(s);
 }
 
+static void test_platform(void)
+{
+    static const struct {
+        const char *in, *out;
+    } ok[] = {{"linux/amd64", "linux/amd64"},       {"linux/x86_64", "linux/amd64"},   {"linux/amd64/v1", "linux/amd64"},
+              {"linux/amd64/v3", "linux/amd64/v3"}, {"linux/aarch64", "linux/arm64"},  {"linux/arm64/v8", "linux/arm64"},
+              {"linux/arm", "linux/arm/v7"},        {"linux/arm/7", "linux/arm/v7"},   {"linux/armhf", "linux/arm/v7"},
+              {"linux/armel", "linux/arm/v6"},      {"linux/arm/v5", "linux/arm/v5"},  {"Linux/ARM64", "linux/arm64"},
+              {"linux/i386", "linux/386"},          {"linux/s390x", "linux/s390x"}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        ib_platform p;
+        char f[96];
+        CHECK(ib_platform_parse(&p, ok[i].in, "--platform") == 0);
+        ib_platform_format(f, sizeof f, &p);
+        CHECK(strcmp(f, ok[i].out) == 0);
+    }
+    static const char *bad[] = {"arm64", "linux/", "/amd64", "linux/arm/v7/x", "linux//v7", "linux/amd 64", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ib_platform p;
+        CHECK(ib_platform_parse(&p, bad[i], "--platform") == IB_EUSAGE);
+        CHECK(strstr(ib_error_last(), "--platform") != NULL);
+    }
+    /* An index as Docker Hub serves them: arm/v5 listed before arm/v7, arm64
+     * with variant v8, an attestation entry, amd64 last. */
+    const char *idx = "{\"schemaVersion\":2,\"manifests\":["
+                      "{\"digest\":\"sha256:" "1111111111111111111111111111111111111111111111111111111111111111\","
+                      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm\",\"variant\":\"v5\"}},"
+                      "{\"digest\":\"sha256:" "2222222222222222222222222222222222222222222222222222222222222222\","
+                      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm\",\"variant\":\"v7\"}},"
+                      "{\"digest\":\"sha256:" "3333333333333333333333333333333333333333333333333333333333333333\","
+                      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\",\"variant\":\"v8\"}},"
+                      "{\"digest\":\"sha256:" "4444444444444444444444444444444444444444444444444444444444444444\","
+                      "\"platform\":{\"os\":\"unknown\",\"architecture\":\"unknown\"}},"
+                      "{\"digest\":\"sha256:" "5555555555555555555555555555555555555555555555555555555555555555\","
+                      "\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
+    static const struct {
+        const char *want;
+        char digit;
+    } picks[] = {{"linux/arm", '2'},   {"linux/arm/v7", '2'},   {"linux/arm/v6", '1'}, {"linux/arm/v5", '1'},
+                 {"linux/arm64", '3'}, {"linux/aarch64", '3'},  {"linux/amd64", '5'},  {"linux/amd64/v3", '5'}};
+    for (size_t i = 0; i < sizeof picks / sizeof picks[0]; i++) {
+        ib_platform w;
+        char dg[IB_DIGEST_STRLEN + 1] = "";
+        CHECK(ib_platform_parse(&w, picks[i].want, "--platform") == 0);
+        CHECK(ib_platform_pick(dg, idx, strlen(idx), &w) == 0);
+        CHECK(dg[7] == picks[i].digit);
+    }
+    ib_platform w;
+    char dg[IB_DIGEST_STRLEN + 1];
+    CHECK(ib_platform_parse(&w, "linux/riscv64", "--platform") == 0);
+    CHECK(ib_platform_pick(dg, idx, strlen(idx), &w) == IB_ENOTFOUND);
+    CHECK(strstr(ib_error_last(), "linux/riscv64") && strstr(ib_error_last(), "linux/arm/v7, linux/arm64, linux/amd64"));
+    CHECK(ib_platform_parse(&w, "linux/arm64", "--platform") == 0);
+    CHECK(ib_platform_pick(dg, "{nope", 5, &w) == IB_EINVALID);
+}
+
 int main(void)
 {
     test_refs();
+    test_platform();
     char *dir;
     CHECK(ib_fs_mkdtemp(&dir, "ib-ut-oci") == 0);
     test_store(dir);
