@@ -1,5 +1,6 @@
 #include "cli/cli.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "registry/auth.h"
 #include "registry/client.h"
 
@@ -96,6 +97,7 @@ static int login_or_logout(int argc, char **argv, int logout)
     }
     close(fd);
     unlink(tmpl);
+    ib_fs_tmp_register(tmpl); /* holds the new password: gone on Ctrl-C too */
     int r = ib_auth_store(NULL, host, user, pw, tmpl);
     ib_registry *reg = NULL;
     if (r == 0) {
@@ -106,6 +108,7 @@ static int login_or_logout(int argc, char **argv, int logout)
     if (r == 0) r = ib_registry_ping(reg);
     ib_registry_free(reg);
     unlink(tmpl);
+    ib_fs_tmp_forget(tmpl);
     if (r == 0) r = ib_auth_store(&path, host, user, pw, ro.authfile);
     memset(pw, 0, strlen(pw));
     free(pw);

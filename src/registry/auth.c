@@ -630,6 +630,26 @@ done:
     return r;
 }
 
+/* The files credentials are looked up in, in order (paths[] gets at most 4,
+ * to be freed): $REGISTRY_AUTH_FILE, podman's $XDG_RUNTIME_DIR/containers/
+ * auth.json, docker's config.json, ~/.config/containers/auth.json. */
+static int lookup_chain(char **paths)
+{
+    int n = 0;
+    const char *e = getenv("REGISTRY_AUTH_FILE");
+    if (e && *e) paths[n++] = ib_xstrdup(e);
+    e = getenv("XDG_RUNTIME_DIR");
+    if (e && *e) paths[n++] = ib_fs_join(e, "containers/auth.json");
+    char *dc = docker_config_path();
+    if (dc) paths[n++] = dc;
+    char *home = home_dir();
+    if (home) {
+        paths[n++] = ib_fs_join(home, ".config/containers/auth.json");
+        free(home);
+    }
+    return n;
+}
+
 int ib_auth_lookup(ib_cred *out, const char *host, const char *authfile)
 {
     memset(out, 0, sizeof *out);
@@ -641,18 +661,7 @@ int ib_auth_lookup(ib_cred *out, const char *host, const char *authfile)
         r = lookup_file(out, authfile, lhost);
     } else {
         char *paths[5] = {0};
-        int n = 0;
-        const char *e = getenv("REGISTRY_AUTH_FILE");
-        if (e && *e) paths[n++] = ib_xstrdup(e);
-        e = getenv("XDG_RUNTIME_DIR");
-        if (e && *e) paths[n++] = ib_fs_join(e, "containers/auth.json");
-        char *dc = docker_config_path();
-        if (dc) paths[n++] = dc;
-        char *home = home_dir();
-        if (home) {
-            paths[n++] = ib_fs_join(home, ".config/containers/auth.json");
-            free(home);
-        }
+        int n = lookup_chain(paths);
         r = IB_ENOTFOUND;
         for (int i = 0; i < n && r == IB_ENOTFOUND; i++) r = lookup_file(out, paths[i], lhost);
         for (int i = 0; i < n; i++) free(paths[i]);
@@ -747,6 +756,32 @@ static int remove_keys(json_t *auths, const char *host)
     return removed;
 }
 
+/* For every file of the lookup chain other than primary that has an entry
+ * for host: replace it with entry (login), or delete it when entry is NULL
+ * (logout). Returns how many files changed, or <0. */
+static int each_other_file(const char *primary, const char *host, json_t *entry)
+{
+    char *paths[5] = {0};
+    int n = lookup_chain(paths), changed = 0, r = 0;
+    for (int i = 0; i < n && r >= 0; i++) {
+        if (!strcmp(paths[i], primary) || !ib_fs_exists(paths[i])) continue;
+        json_t *root = NULL;
+        if (load_config(&root, paths[i]) < 0) {
+            ib_error_clear(); /* a file we cannot read is not ours to fix */
+            continue;
+        }
+        json_t *auths = json_object_get(root, "auths");
+        if (json_is_object(auths) && remove_keys(auths, host) > 0) {
+            if (entry) json_object_set(auths, host, entry);
+            r = save_config(root, paths[i]);
+            if (r == 0) changed++;
+        }
+        json_decref(root);
+    }
+    for (int i = 0; i < n; i++) free(paths[i]);
+    return r < 0 ? r : changed;
+}
+
 int ib_auth_store(char **written_to, const char *host, const char *user, const char *password, const char *authfile)
 {
     if (written_to) *written_to = NULL;
@@ -779,10 +814,18 @@ int ib_auth_store(char **written_to, const char *host, const char *user, const c
     memset(b64, 0, strlen(b64));
     free(b64);
     /* docker itself keys Docker Hub by its legacy v1 URL; others by host */
-    json_object_set_new(auths, is_docker_hub(lhost) ? DOCKER_HUB_LEGACY_KEY : lhost, entry);
-    free(lhost);
+    json_object_set(auths, is_docker_hub(lhost) ? DOCKER_HUB_LEGACY_KEY : lhost, entry);
     r = save_config(root, path);
     json_decref(root);
+    /* Files read before or after this one (podman's auth.json) that hold
+     * this host get the new entry too: otherwise the lookup would keep
+     * finding the old credentials there. */
+    if (r == 0 && !authfile) {
+        int c = each_other_file(path, lhost, entry);
+        if (c < 0) r = c;
+    }
+    json_decref(entry);
+    free(lhost);
     if (r == 0 && written_to) *written_to = path;
     else free(path);
     return r;
@@ -804,12 +847,12 @@ int ib_auth_remove(char **written_to, const char *host, const char *authfile)
     lower(lhost);
     json_t *auths = json_object_get(root, "auths");
     int removed = json_is_object(auths) ? remove_keys(auths, lhost) : 0;
+    if (removed) r = save_config(root, path);
+    /* podman's auth.json too: logging out must stop every lookup */
+    int others = r == 0 && !authfile ? each_other_file(path, lhost, NULL) : 0;
+    if (others < 0) r = others;
     free(lhost);
-    if (!removed) {
-        r = ib_error_set(IB_ENOTFOUND, "not logged in to %s (%s)", host, path);
-    } else {
-        r = save_config(root, path);
-    }
+    if (r == 0 && !removed && !others) r = ib_error_set(IB_ENOTFOUND, "not logged in to %s (%s)", host, path);
     json_decref(root);
     if (r == 0 && written_to) *written_to = path;
     else free(path);
@@ -909,6 +952,9 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
         sc = one;
         nsc = 1;
     }
+    /* the GET of token.md repeats scope; the POST form of oauth.md has one
+     * scope parameter, space-separated ("should only be specified once") */
+    char *form_params = ib_xstrdup(params), *joined = ib_xstrdup("");
     for (size_t i = 0; i < nsc; i++) {
         if (!sc[i] || !*sc[i]) continue;
         char *e = ib_http_escape(sc[i]);
@@ -917,7 +963,16 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
         free(k);
         free(e);
         sep = "&";
+        char *jn = ib_xasprintf("%s%s%s", joined, *joined ? " " : "", sc[i]);
+        free(joined);
+        joined = jn;
     }
+    if (*joined) {
+        char *e = ib_http_escape(joined);
+        append(&form_params, *form_params ? "&scope=" : "scope=", e);
+        free(e);
+    }
+    free(joined);
 
     ib_http_req req;
     memset(&req, 0, sizeof req);
@@ -929,7 +984,7 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
          * does the same); a Basic "<token>:..." GET would be rejected. */
         char *rt = ib_http_escape(cred->password ? cred->password : "");
         form = ib_xasprintf("grant_type=refresh_token&client_id=imgbuild&refresh_token=%s%s%s", rt,
-                            *params ? "&" : "", params);
+                            *form_params ? "&" : "", form_params);
         memset(rt, 0, strlen(rt));
         free(rt);
         url = ib_xstrdup(c->realm);
@@ -946,7 +1001,7 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
             hdrs[0] = auth_hdr;
         }
     }
-    free(params);
+    free(form_params);
     req.url = url;
     req.headers = hdrs;
     req.max_body = 1u << 20;
@@ -954,6 +1009,23 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
 
     ib_http_resp resp;
     int r = ib_http_do(&resp, h, &req);
+    if (r == 0 && identity && resp.status == 404) {
+        /* oauth.md: a token server without the POST flow answers 404; fall
+         * back to GET as docker does (the identity token is no Basic secret) */
+        ib_http_resp_clear(&resp);
+        free(url);
+        url = *params ? ib_xasprintf("%s%s%s", c->realm, strchr(c->realm, '?') ? "&" : "?", params)
+                      : ib_xstrdup(c->realm);
+        memset(&req, 0, sizeof req);
+        const char *none[1] = {NULL};
+        req.method = "GET";
+        req.url = url;
+        req.headers = none;
+        req.max_body = 1u << 20;
+        req.follow_redirects = 1;
+        r = ib_http_do(&resp, h, &req);
+    }
+    free(params);
     if (auth_hdr) {
         memset(auth_hdr, 0, strlen(auth_hdr));
         free(auth_hdr);

@@ -216,9 +216,19 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
             if (resp->status == 401) return reg_fail(r, resp, "authentication failed");
             return 0;
         }
-        const char *wa = ib_http_resp_header(resp, "www-authenticate");
+        /* RFC 7235: several WWW-Authenticate lines are one comma-joined list
+         * (a Basic line then a Bearer line must still find the Bearer one). */
+        char *wa = NULL;
+        for (size_t i = 0; i < resp->nheaders; i++) {
+            if (strcmp(resp->headers[i].name, "www-authenticate")) continue;
+            char *j = wa ? ib_xasprintf("%s, %s", wa, resp->headers[i].value) : ib_xstrdup(resp->headers[i].value);
+            free(wa);
+            wa = j;
+        }
         ib_challenge c = {0};
-        if (!wa || ib_auth_parse_challenge(&c, wa) < 0) {
+        int pc = wa ? ib_auth_parse_challenge(&c, wa) : IB_EINVALID;
+        free(wa);
+        if (pc < 0) {
             ib_challenge_clear(&c);
             return reg_fail(r, resp, "authentication required but the registry sent no usable challenge");
         }
@@ -261,9 +271,13 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
                 if (r->cred_state == 0) {
                     int lr = ib_auth_lookup(&r->cred, r->host, r->o.authfile);
                     r->cred_state = lr == 0 ? 1 : -1;
+                    /* a broken auth file or helper says so, as on the Bearer path */
+                    if (lr < 0 && lr != IB_ENOTFOUND) err = 5;
                 }
-                if (r->cred_state != 1) err = 3;
-                else r->kind = AUTH_BASIC;
+                if (!err) {
+                    if (r->cred_state != 1) err = 3;
+                    else r->kind = AUTH_BASIC;
+                }
             }
             ib_challenge_clear(&c);
         } else {
@@ -289,6 +303,11 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
         if (err == 3) {
             int e = ib_error_set(IB_EAUTH, "%s: authentication required: no credentials found (run `imgbuild login %s`)",
                                  r->host, r->host);
+            ib_http_resp_clear(resp);
+            return e;
+        }
+        if (err == 5) {
+            int e = ib_error_wrap(IB_EAUTH, "%s: reading credentials", r->host);
             ib_http_resp_clear(resp);
             return e;
         }

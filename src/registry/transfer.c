@@ -264,6 +264,18 @@ out_img:
 
 /* ---- pull ---- */
 
+/* by its media type, or, when a registry sends none, by schemaVersion 1 */
+static int is_schema1(const char *mt, const char *body, size_t len)
+{
+    if (mt && (!strcmp(mt, "application/vnd.docker.distribution.manifest.v1+json") ||
+               !strcmp(mt, "application/vnd.docker.distribution.manifest.v1+prettyjws")))
+        return 1;
+    json_t *j = json_loadb(body, len, 0, NULL);
+    int v1 = json_integer_value(json_object_get(j, "schemaVersion")) == 1;
+    json_decref(j);
+    return v1;
+}
+
 static int is_index(const char *mt) { return !strcmp(mt, IB_MT_OCI_INDEX) || !strcmp(mt, IB_MT_DOCKER_LIST); }
 
 /* Resolves ref to an image manifest (through an index if needed; the
@@ -279,6 +291,15 @@ static int resolve(char **body, size_t *len, char *digest, char **index, size_t 
     if (rc < 0) return rc;
     rc = ib_registry_manifest_get(body, len, &mt, digest, reg, ref->repo, reference);
     if (rc < 0) return rc;
+    if (is_schema1(mt, *body, *len)) {
+        free(*body);
+        *body = NULL;
+        free(mt);
+        return ib_error_set(IB_EINVALID,
+                            "%s/%s%s%s is a Docker schema 1 manifest, which is deprecated and not supported (copy "
+                            "it once with a current skopeo or docker to convert it to schema 2)",
+                            ref->registry, ref->repo, ref->digest ? "@" : ":", reference);
+    }
     if (is_index(mt)) {
         char child[IB_DIGEST_STRLEN + 1];
         rc = ib_platform_pick(child, *body, *len, &want);

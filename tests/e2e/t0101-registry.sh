@@ -83,6 +83,23 @@ test_expect_success 'htpasswd over TLS: login with a robot account, push with th
     ! grep -rqF "$T_PASS" "$TMP/last.err" "$TMP/login.out"
 '
 
+test_expect_success 'login/logout also fix stale entries in podman'"'"'s auth.json, which is read first' '
+    export XDG_RUNTIME_DIR="$TMP/xdg" && mkdir -p "$XDG_RUNTIME_DIR/containers" &&
+    stale=$(printf "%s:old-password" "$T_USER" | base64 -w0) &&
+    printf "{\"auths\":{\"%s\":{\"auth\":\"%s\"},\"other.example\":{\"auth\":\"eDp5\"}}}\n" "$T_HOST" "$stale" \
+        >"$XDG_RUNTIME_DIR/containers/auth.json" &&
+    expect_error "authentication failed.*containers/auth.json" push --ca-file "$T_CA" "$TMP/app.tar" "$T_HOST/wepp/app:podman" &&
+    printf "%s" "$T_PASS" | ib login "$T_HOST" -u "$T_USER" --password-stdin --ca-file "$T_CA" >/dev/null &&
+    ib push --ca-file "$T_CA" "$TMP/app.tar" "$T_HOST/wepp/app:podman" -q >/dev/null &&
+    ! grep -q "$stale" "$XDG_RUNTIME_DIR/containers/auth.json" && grep -q "other.example" "$XDG_RUNTIME_DIR/containers/auth.json" &&
+    test "$(stat -c %a "$XDG_RUNTIME_DIR/containers/auth.json")" = 600 &&
+    ib logout "$T_HOST" >/dev/null &&
+    ! grep -q "$T_HOST" "$XDG_RUNTIME_DIR/containers/auth.json" "$HOME/.docker/config.json" &&
+    grep -q "other.example" "$XDG_RUNTIME_DIR/containers/auth.json" &&
+    expect_error "no credentials found" push --ca-file "$T_CA" "$TMP/app.tar" "$T_HOST/wepp/app:podman2" &&
+    printf "%s" "$T_PASS" | ib login "$T_HOST" -u "$T_USER" --password-stdin --ca-file "$T_CA" >/dev/null
+'
+
 test_expect_success 'TLS is verified by default; --insecure skips it only when asked' '
     expect_error "$T_HOST" push "$TMP/app.tar" "$T_HOST/wepp/app:v2" &&
     ib push --insecure "$TMP/app.tar" "$T_HOST/wepp/app:v2" -q >/dev/null
