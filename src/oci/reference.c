@@ -17,24 +17,27 @@ int ib_ref_valid_tag(const char *t)
 }
 
 /* distribution/reference: path-component = [a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)* */
+/* distribution/reference: path-component = alnum+ (separator alnum+)*,
+ * separator = "." | "_" | "__" | "-"+ (lowercase only). */
 static int valid_component(const char *s, size_t n)
 {
-    if (n == 0) return 0;
-    if (!(islower((unsigned char)s[0]) || isdigit((unsigned char)s[0]))) return 0;
-    if (!(islower((unsigned char)s[n - 1]) || isdigit((unsigned char)s[n - 1]))) return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (islower(c) || isdigit(c)) continue;
-        if (c == '-') continue;
-        if (c == '.' || c == '_') {
-            /* separators: one '.', one or two '_' ; never adjacent to '.' */
-            if (i + 1 < n && s[i + 1] == '.') return 0;
-            if (c == '_' && i + 2 < n && s[i + 1] == '_' && s[i + 2] == '_') return 0;
-            continue;
+    size_t i = 0;
+    for (;;) {
+        size_t start = i;
+        while (i < n && (islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]))) i++;
+        if (i == start) return 0;
+        if (i == n) return 1;
+        if (s[i] == '.') {
+            i++;
+        } else if (s[i] == '_') {
+            i++;
+            if (i < n && s[i] == '_') i++;
+        } else if (s[i] == '-') {
+            while (i < n && s[i] == '-') i++;
+        } else {
+            return 0;
         }
-        return 0;
     }
-    return 1;
 }
 
 void ib_ref_clear(ib_ref *r)
@@ -107,6 +110,12 @@ int ib_ref_parse(ib_ref *out, const char *s, const char *default_tag)
         }
         if (!e) break;
         p = e + 1;
+    }
+    if (strlen(out->registry) + 1 + strlen(out->repo) > 255) {
+        ib_error_set(IB_EINVALID, "invalid reference '%.64s…': repository name longer than 255 characters", s);
+        free(work);
+        ib_ref_clear(out);
+        return IB_EINVALID;
     }
     if (!out->tag && !out->digest && default_tag) out->tag = ib_xstrdup(default_tag);
     free(work);

@@ -28,6 +28,7 @@ static void test_refs(void)
          "ghcr.io/org/img@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
         {"myapp/sub__part.v2-x", "docker.io/myapp/sub__part.v2-x:latest"},
         {"my.registry/x", "my.registry/x:latest"},
+        {"h.io/a--b/c---d", "h.io/a--b/c---d:latest"},
     };
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
         ib_ref r;
@@ -37,10 +38,21 @@ static void test_refs(void)
         free(s);
         ib_ref_clear(&r);
     }
-    const char *bad[] = {"", "UPPER/case", "a//b", "repo:bad tag", "repo@sha256:short", "-lead", "x/.y", "a:"};
+    /* distribution/reference: one separator ("." "_" "__" "-"+) between alphanumeric runs */
+    const char *bad[] = {"",     "UPPER/case", "a//b", "repo:bad tag", "repo@sha256:short", "-lead", "x/.y", "a:",
+                         "a-.b", "a._b",       "a_-b", "a.-b",         "a___b",             "a..b",  "trail-"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         ib_ref r;
         CHECK(ib_ref_parse(&r, bad[i], "latest") == IB_EINVALID);
+    }
+    char longname[300];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    longname[10] = '/';
+    {
+        ib_ref r;
+        CHECK(ib_ref_parse(&r, longname, "latest") == IB_EINVALID);
+        CHECK(strstr(ib_error_last(), "255") != NULL);
     }
     ib_ref r;
     CHECK(ib_ref_parse(&r, "harbor.local/wepp/app", NULL) == 0);
