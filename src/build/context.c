@@ -579,79 +579,19 @@ int ib_context_read_repo_file(char **out, size_t *len, ib_context *c, const char
     return 0;
 }
 
-/* Component stack for chroot-style resolution. */
+static int context_link(void *ctx, const char *resolved, char **target)
+{
+    ib_context *c = ctx;
+    ib_ctx_stat st;
+    int r = ib_context_stat(&st, c, resolved);
+    if (r < 0 || st.type != IB_CT_SYMLINK) return r;
+    return (r = ib_context_readlink(target, c, resolved)) < 0 ? r : 1;
+}
+
 int ib_context_resolve(char **out, ib_context *c, const char *path, int follow_last)
 {
-    char *todo = ib_xstrdup(path);
-    char *res = ib_xstrdup("");
-    int links = 0, r = 0;
-    char *p = todo;
-    while (1) {
-        while (*p == '/') p++;
-        if (!*p) break;
-        char *e = strchr(p, '/');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        char *comp = ib_xstrndup(p, n);
-        p += n;
-        int last = 1;
-        for (const char *q = p; *q; q++)
-            if (*q != '/') {
-                last = 0;
-                break;
-            }
-        if (!strcmp(comp, ".")) {
-            free(comp);
-            continue;
-        }
-        if (!strcmp(comp, "..")) {
-            char *sl = strrchr(res, '/');
-            if (sl) *sl = 0;
-            else res[0] = 0;
-            free(comp);
-            continue;
-        }
-        char *next = *res ? ib_xasprintf("%s/%s", res, comp) : ib_xstrdup(comp);
-        free(comp);
-        ib_ctx_stat st;
-        r = ib_context_stat(&st, c, next);
-        if (r == IB_ENOTFOUND) {
-            /* Report the path as far as resolved plus the unresolved rest. */
-            char *rest = *p ? ib_xasprintf("%s%s", next, p) : ib_xstrdup(next);
-            free(next);
-            free(res);
-            res = rest;
-            r = ib_error_set(IB_ENOTFOUND, "%s: not found", path);
-            break;
-        }
-        if (r < 0) {
-            free(next);
-            break;
-        }
-        if (st.type == IB_CT_SYMLINK && (!last || follow_last)) {
-            if (++links > 40) {
-                free(next);
-                r = ib_error_set(IB_EINVALID, "%s: too many levels of symbolic links", path);
-                break;
-            }
-            char *target;
-            if ((r = ib_context_readlink(&target, c, next)) < 0) {
-                free(next);
-                break;
-            }
-            free(next);
-            if (target[0] == '/') res[0] = 0;
-            char *nt = ib_xasprintf("%s/%s", target, p);
-            free(target);
-            free(todo);
-            todo = nt;
-            p = todo;
-            continue;
-        }
-        free(res);
-        res = next;
-    }
-    free(todo);
-    *out = res;
+    int r = ib_fs_resolve_links(out, path, follow_last, 40, context_link, c);
+    if (r == IB_ENOTFOUND) r = ib_error_set(IB_ENOTFOUND, "%s: not found", path);
     return r;
 }
 

@@ -126,22 +126,32 @@ static int excluded(const ib_copy_env *env, const char *path)
     return env->ignore && *path && ib_ignore_match(env->ignore, path);
 }
 
+/* --exclude applies to the sources themselves too, matched against their path
+ * in the context (the Dockerfile reference's `COPY --exclude=*.txt hom*
+ * /mydir/` leaves home.txt out); inside a copied directory it matches paths
+ * relative to that source (walk_dir). */
+static int excluded_source(const ib_ignore *exclude, const char *path)
+{
+    return exclude && *path && ib_ignore_match(exclude, path);
+}
+
 /* Matches pattern components against the context, as Go's filepath.Match does
  * per path element ('*' never crosses '/'). */
-static int glob_walk(matches *m, const ib_copy_env *env, const char *dir, char **comps, size_t nc, size_t i)
+static int glob_walk(matches *m, const ib_copy_env *env, const ib_ignore *exclude, const char *dir, char **comps,
+                     size_t nc, size_t i)
 {
     if (i == nc) {
         ib_ctx_stat st;
         char *res;
         int r = ib_context_resolve(&res, env->ctx, dir, 1);
         if (r == 0) r = ib_context_stat(&st, env->ctx, res);
-        if (r == 0 && !excluded(env, dir)) add_match(m, res, base_name(dir), &st);
+        if (r == 0 && !excluded(env, dir) && !excluded_source(exclude, dir)) add_match(m, res, base_name(dir), &st);
         free(res);
         return r == IB_ENOTFOUND ? 0 : r;
     }
     if (!has_meta(comps[i])) {
         char *next = *dir ? ib_xasprintf("%s/%s", dir, comps[i]) : ib_xstrdup(comps[i]);
-        int r = glob_walk(m, env, next, comps, nc, i + 1);
+        int r = glob_walk(m, env, exclude, next, comps, nc, i + 1);
         free(next);
         return r;
     }
@@ -164,19 +174,19 @@ static int glob_walk(matches *m, const ib_copy_env *env, const char *dir, char *
     for (size_t k = 0; k < nn && r == 0; k++) {
         if (fnmatch(comps[i], names[k], 0) != 0) continue;
         char *next = *dir ? ib_xasprintf("%s/%s", dir, names[k]) : ib_xstrdup(names[k]);
-        r = glob_walk(m, env, next, comps, nc, i + 1);
+        r = glob_walk(m, env, exclude, next, comps, nc, i + 1);
         free(next);
     }
     ib_context_names_free(names, nn);
     return r;
 }
 
-static int collect_source(matches *m, const ib_copy_env *env, const char *word, const char *kind)
+static int collect_source(matches *m, const ib_copy_env *env, const ib_ignore *exclude, const char *word,
+                          const char *kind)
 {
     char *rel = clean_rel(word);
     if (!rel) return ib_error_set(IB_EINVALID, "%s %s: path is outside the build context", kind, word);
     int r = 0;
-    size_t before = m->n;
     if (has_meta(rel)) {
         char **comps = NULL;
         size_t nc = 0;
@@ -185,11 +195,12 @@ static int collect_source(matches *m, const ib_copy_env *env, const char *word, 
             comps = ib_xrealloc(comps, (nc + 1) * sizeof *comps);
             comps[nc++] = t;
         }
-        r = glob_walk(m, env, "", comps, nc, 0);
+        /* A wildcard that matches nothing is skipped, not an error: BuildKit's
+         * dockerfile2llb copies with AllowEmptyWildcard, which is what makes
+         * `COPY requirements.txt poetry.lock* ./` work without a lock file. */
+        r = glob_walk(m, env, exclude, "", comps, nc, 0);
         free(comps);
         free(dup);
-        if (r == 0 && m->n == before)
-            r = ib_error_set(IB_EINVALID, "%s %s: no source files were specified (nothing matches)", kind, word);
     } else {
         char *res;
         ib_ctx_stat st;
@@ -205,7 +216,7 @@ static int collect_source(matches *m, const ib_copy_env *env, const char *word, 
         if (r == IB_ENOTFOUND || hidden)
             r = ib_error_set(IB_EINVALID, "%s %s: not found in the build context%s", kind, word,
                              hidden ? " (excluded by .dockerignore)" : "");
-        if (r == 0) add_match(m, res, *rel ? base_name(rel) : "", &st);
+        if (r == 0 && !excluded_source(exclude, rel)) add_match(m, res, *rel ? base_name(rel) : "", &st);
         free(res);
     }
     free(rel);
@@ -230,6 +241,40 @@ static void set_owner(const copier *c, ib_layer_entry *e, unsigned uid, unsigned
 {
     e->uid = c->env->chown ? c->env->uid : uid;
     e->gid = c->env->chown ? c->env->gid : gid;
+}
+
+/* 1 and its metadata if a directory exists below at path (resolved, no leading '/'). */
+static int lower_dir(const ib_copy_env *env, const char *path, unsigned *mode, unsigned *uid, unsigned *gid)
+{
+    if (env->lower) return ib_layer_index_dir(env->lower, path, mode, uid, gid);
+    return env->parent_fn ? env->parent_fn(env->parent_ctx, path, mode, uid, gid) : 0;
+}
+
+/* The parent directories the layer must hold: one that exists below keeps its
+ * metadata; one this COPY creates is 0755 and, with --chown, owned by that
+ * user, as BuildKit's MkdirAll chowns each directory it makes (only those). */
+static int parent_meta(void *ctx, const char *path, unsigned *mode, unsigned *uid, unsigned *gid)
+{
+    const copier *c = ctx;
+    if (lower_dir(c->env, path, mode, uid, gid)) return 1;
+    if (!c->env->chown) return 0;
+    *mode = 0755;
+    *uid = c->env->uid;
+    *gid = c->env->gid;
+    return 1;
+}
+
+/* Where an absolute, cleaned image path really is: BuildKit resolves the
+ * destination with fs.RootPath against the image, so COPY to /bin/x on a
+ * usrmerge base (bin -> usr/bin) writes usr/bin/x and the link stays. */
+static int resolve_dest(char **out, const ib_copy_env *env, const char *abs)
+{
+    char *rel;
+    int r = ib_layer_index_resolve(&rel, env->lower, abs);
+    if (r < 0) return r;
+    *out = ib_xasprintf("/%s", rel);
+    free(rel);
+    return 0;
 }
 
 static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char *dst)
@@ -431,6 +476,29 @@ static const ib_df_heredoc *heredoc_of(const ib_df_instr *in, const char *w)
     return NULL;
 }
 
+/* The body of an unquoted heredoc: $VAR and ${VAR...} are expanded, quotes
+ * are literal (BuildKit expands it with SkipProcessQuotes and always with '\'
+ * as the escape, whatever the escape directive), and a backslash follows the
+ * POSIX here-document rule: it escapes only '$' and itself (\$HOME stays
+ * "$HOME", \\ is one backslash); any other backslash is kept as written. The
+ * body is rewritten so that ib_df_expand does exactly that. */
+static int heredoc_expand(char **out, const char *body, const ib_copy_env *env, int line)
+{
+    char *w = ib_xmalloc(strlen(body) * 2 + 1), *o = w;
+    for (const char *p = body; *p; p++) {
+        if (*p == '\\' && (p[1] == '$' || p[1] == '\\')) {
+            *o++ = *p++; /* an escape ib_df_expand honours: the next char, literally */
+        } else if (*p == '\\' || *p == '"' || *p == '\'') {
+            *o++ = '\\'; /* literal: escaped for ib_df_expand */
+        }
+        *o++ = *p;
+    }
+    *o = 0;
+    int r = ib_df_expand(out, w, '\\', env->lookup, env->lookup_ctx, env->df_name, line);
+    free(w);
+    return r;
+}
+
 static int is_url(const char *s)
 {
     return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8) || !strncmp(s, "git@", 4) ||
@@ -441,12 +509,12 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
 {
     const char *kind = is_add ? "ADD" : "COPY";
     copier c = {.env = env, .lb = ib_layer_builder_new(), .ctx = env->ctx, .ignore = env->ignore};
-    if (env->parent_fn) ib_layer_set_parent_meta(c.lb, env->parent_fn, env->parent_ctx);
+    ib_layer_set_parent_meta(c.lb, parent_meta, &c);
     matches m = {0};
     char **words = ib_xcalloc(in->nargs, sizeof *words);
     char **heredoc_bodies = ib_xcalloc(in->nargs, sizeof *heredoc_bodies);
-    ib_context **archives = ib_xcalloc(in->nargs, sizeof *archives);
-    char *dest = NULL;
+    ib_context **archives = NULL; /* one per match: ADD's extracted archives */
+    char *dest = NULL, *rdest = NULL, *chmod_x = NULL;
     int r = 0;
 
     int parents = 0;
@@ -457,7 +525,11 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
     }
     const char *chmod_s = ib_df_flag_get(in, "chmod", NULL);
     if (chmod_s) {
-        if ((r = parse_chmod(&c.chmod, chmod_s)) < 0) goto out;
+        /* BuildKit's CopyCommand.Expand expands --chmod as it does --chown
+         * (ARG MODE=440, COPY --chmod=$MODE ...). */
+        r = ib_df_expand(&chmod_x, chmod_s, env->escape, env->lookup, env->lookup_ctx, env->df_name, in->line);
+        if (r < 0) goto out;
+        if ((r = parse_chmod(&c.chmod, chmod_x)) < 0) goto out;
         c.has_chmod = 1;
     }
     /* --exclude patterns behave like .dockerignore lines relative to each source. */
@@ -491,9 +563,16 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
         dest = ib_copy_clean_abs(joined);
         free(joined);
     }
+    /* The path as it is in the image: through its symlinks. */
+    if ((r = resolve_dest(&rdest, env, dest)) < 0) goto out;
+    unsigned lm, lu, lg; /* an existing destination directory's metadata */
+    int dest_exists = strcmp(rdest, "/") && lower_dir(env, rdest + 1, &lm, &lu, &lg);
     size_t dl = strlen(draw);
+    /* Docker: the destination is a directory when it says so (trailing '/',
+     * "."), and also when it already is one in the image: `COPY f /bin`
+     * copies into /bin, it does not replace it. */
     int dest_dir = (dl && draw[dl - 1] == '/') || !strcmp(draw, ".") || (dl >= 2 && !strcmp(draw + dl - 2, "/.")) ||
-                   !strcmp(dest, "/");
+                   !strcmp(rdest, "/") || dest_exists;
     /* Heredoc sources become files named after the delimiter. */
     size_t nheredoc_src = 0;
     for (size_t i = 0; i < nsrc; i++) {
@@ -502,22 +581,12 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
         {
             char *body;
             if (hd->expand) {
-                /* Expand $VAR in the body but keep quotes and backslashes: escape them first. */
-                size_t bl = strlen(hd->content);
-                char *esc = ib_xmalloc(bl * 2 + 1), *o = esc;
-                for (const char *p = hd->content; *p; p++) {
-                    if (*p == '"' || *p == '\'' || *p == env->escape) *o++ = env->escape;
-                    *o++ = *p;
-                }
-                *o = 0;
-                r = ib_df_expand(&body, esc, env->escape, env->lookup, env->lookup_ctx, env->df_name, in->line);
-                free(esc);
-                if (r < 0) goto out;
+                if ((r = heredoc_expand(&body, hd->content, env, in->line)) < 0) goto out;
             } else {
                 body = ib_xstrdup(hd->content);
             }
             heredoc_bodies[i] = body;
-            char *dp = dest_dir || nsrc > 1 ? ib_fs_join(dest, hd->name) : ib_xstrdup(dest);
+            char *dp = dest_dir || nsrc > 1 ? ib_fs_join(rdest, hd->name) : ib_xstrdup(rdest);
             char hid[IB_DIGEST_STRLEN + 1];
             ib_digest_buf(hid, body, strlen(body));
             ib_layer_entry e = {.path = dp + 1, .type = IB_LE_FILE, .mode = c.has_chmod ? c.chmod : 0644,
@@ -539,7 +608,7 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
                              kind, words[i]);
             goto out;
         }
-        if ((r = collect_source(&m, env, words[i], kind)) < 0) goto out;
+        if ((r = collect_source(&m, env, c.exclude, words[i], kind)) < 0) goto out;
     }
     if (m.n + nheredoc_src > 1 && !dest_dir) {
         r = ib_error_set(IB_EINVALID,
@@ -547,34 +616,36 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
                          kind);
         goto out;
     }
+    archives = ib_xcalloc(m.n ? m.n : 1, sizeof *archives);
     for (size_t i = 0; i < m.n; i++) {
         match *mt = &m.v[i];
         if (mt->st.type == IB_CT_DIR) {
-            if (strcmp(dest, "/")) {
+            if (strcmp(rdest, "/")) {
                 ib_ctx_stat dst = mt->st;
-                unsigned lm, lu, lg;
                 /* An existing destination directory keeps its mode and owner (BuildKit
                  * copies into it), unless --chmod/--chown say otherwise. */
-                if (env->parent_fn && env->parent_fn(env->parent_ctx, dest + 1, &lm, &lu, &lg)) {
-                    ib_layer_entry e = {.path = dest + 1, .type = IB_LE_DIR, .mode = c.has_chmod ? c.chmod : lm};
+                if (dest_exists) {
+                    ib_layer_entry e = {.path = rdest + 1, .type = IB_LE_DIR, .mode = c.has_chmod ? c.chmod : lm};
                     set_owner(&c, &e, lu, lg);
                     r = ib_layer_add(c.lb, &e);
                 } else {
-                    r = add_one(&c, mt->path, &dst, dest + 1);
+                    r = add_one(&c, mt->path, &dst, rdest + 1);
                 }
                 if (r < 0) goto out;
             }
-            if ((r = walk_dir(&c, mt->path, strcmp(dest, "/") ? dest + 1 : "", "")) < 0) goto out;
+            if ((r = walk_dir(&c, mt->path, strcmp(rdest, "/") ? rdest + 1 : "", "")) < 0) goto out;
             /* walk_dir with dest "" would give "/name": fix by cleaning in the writer (leading '/' stripped). */
         } else {
-            char *dp = dest_dir ? ib_fs_join(dest, mt->name) : ib_xstrdup(dest);
+            /* Into a directory, the name is not resolved again: BuildKit
+             * replaces a symlink there (ensureEmptyFileTarget). */
+            char *dp = dest_dir ? ib_fs_join(rdest, mt->name) : ib_xstrdup(rdest);
             if (!strcmp(dp, "/")) {
                 r = ib_error_set(IB_EINVALID, "%s %s: cannot replace the root directory", kind, mt->name);
                 free(dp);
                 goto out;
             }
             if (is_add && mt->st.type == IB_CT_FILE && is_archive(c.ctx, mt->path)) {
-                r = add_archive(&c, mt->path, &mt->st, dest + 1, dp + 1, &archives[i]);
+                r = add_archive(&c, mt->path, &mt->st, rdest + 1, dp + 1, &archives[i]);
             } else {
                 r = add_one(&c, mt->path, &mt->st, dp + 1);
             }
@@ -589,15 +660,17 @@ out:
     if (r < 0 && strncmp(ib_error_last(), kind, strlen(kind))) ib_error_wrap(r, "%s", kind);
     ib_layer_builder_free(c.lb);
     ib_ignore_free(c.exclude);
+    for (size_t i = 0; archives && i < m.n; i++) ib_context_free(archives[i]);
     matches_free(&m);
     for (size_t i = 0; i < in->nargs; i++) {
         free(words[i]);
         free(heredoc_bodies[i]);
-        ib_context_free(archives[i]);
     }
     free(words);
     free(heredoc_bodies);
     free(archives);
     free(dest);
+    free(rdest);
+    free(chmod_x);
     return r;
 }

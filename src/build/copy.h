@@ -1,6 +1,7 @@
 /* COPY and ADD: source matching (globs, .dockerignore, --exclude, symlinks
- * resolved inside the context), Docker's destination rules, --chown/--chmod,
- * heredoc sources, ADD's local archive extraction; the result is one layer. */
+ * resolved inside the context), Docker's destination rules (resolved through
+ * the image's symlinks), --chown/--chmod, heredoc sources, ADD's local
+ * archive extraction; the result is one layer. */
 #ifndef IB_BUILD_COPY_H
 #define IB_BUILD_COPY_H
 
@@ -9,6 +10,7 @@
 #include "build/context.h"
 #include "build/dockerfile.h"
 #include "build/ignore.h"
+#include "layer/index.h"
 #include "layer/writer.h"
 #include "oci/store.h"
 
@@ -27,7 +29,14 @@ typedef struct {
     const char *df_name;
     int chown;
     unsigned uid, gid;
-    ib_layer_parent_fn parent_fn; /* metadata of directories that exist below (may be NULL) */
+    /* What the stage's layers so far hold (NULL: nothing known below). The
+     * destination is resolved through its symlinks (BuildKit: fs.RootPath in
+     * the image), an existing directory there is copied into, and parent
+     * directories that exist keep their metadata. */
+    const ib_layer_index *lower;
+    /* Without lower: metadata of directories that exist below (may be NULL);
+     * knows no symlinks, so the destination is then taken literally. */
+    ib_layer_parent_fn parent_fn;
     void *parent_ctx;
     /* Turns the planned layer into a result (cache lookup, else write). inputs:
      * "src <path> <content id>" lines, for explaining cache misses. NULL: always write. */

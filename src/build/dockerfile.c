@@ -353,10 +353,11 @@ static const flagspec fl_run[] = {{"mount", FL_MULTI}, {"network", FL_STR}, {"se
 static const flagspec fl_copy[] = {{"from", FL_STR},     {"chown", FL_STR},      {"chmod", FL_STR},
                                    {"link", FL_BOOL},    {"parents", FL_BOOL},   {"exclude", FL_MULTI},
                                    {NULL, 0}};
-/* Docker's ADD has no --from (sources are the context or URLs). */
+/* Docker's ADD has no --from (sources are the context or URLs); --unpack is
+ * Dockerfile 1.17's switch for archive extraction. */
 static const flagspec fl_add[] = {{"chown", FL_STR},     {"chmod", FL_STR},    {"link", FL_BOOL},
                                   {"parents", FL_BOOL},  {"exclude", FL_MULTI}, {"checksum", FL_STR},
-                                  {"keep-git-dir", FL_BOOL}, {NULL, 0}};
+                                  {"keep-git-dir", FL_BOOL}, {"unpack", FL_BOOL}, {NULL, 0}};
 static const flagspec fl_health[] = {{"interval", FL_STR},       {"timeout", FL_STR}, {"start-period", FL_STR},
                                      {"start-interval", FL_STR}, {"retries", FL_STR}, {NULL, 0}};
 
@@ -785,6 +786,23 @@ static int collect_heredocs(const pctx *c, ib_df_instr *in, const char *line, co
     }
     sv_free(&words);
     return rc;
+}
+
+/* parser.go MustParseHeredoc applied to RUN's whole command line (what
+ * dispatchRun does): ^(\d*)<<(-?)([^<]*)$ where the rest lexes as one word. */
+int ib_df_heredoc_only(const char *cmd)
+{
+    const char *p = cmd;
+    while (isdigit((unsigned char)*p)) p++;
+    if (strncmp(p, "<<", 2) != 0) return 0;
+    p += 2;
+    if (*p == '-') p++;
+    if (!*p || strchr(p, '<')) return 0;
+    strv words = {0};
+    heredoc_words(&words, p);
+    int one = words.n == 1;
+    sv_free(&words);
+    return one;
 }
 
 /* ----------------------------------------------------------------- parsing */
@@ -1273,5 +1291,83 @@ int ib_df_expand(char **out, const char *word, char escape, ib_df_lookup_fn look
         return rc;
     }
     *out = sb_take(&o);
+    return 0;
+}
+
+/* lex.go wordsStruct: addChar splits on whitespace, addRawString (quoted
+ * text, escaped chars) never does; getWords drops empty words, so "" gives
+ * none. */
+typedef struct {
+    strv v;
+    sbuf cur;
+    int in_word;
+} words_acc;
+
+static void wa_end(words_acc *wa)
+{
+    if (!wa->in_word || !wa->cur.n) return;
+    sv_push(&wa->v, ib_xstrndup(wa->cur.p ? wa->cur.p : "", wa->cur.n));
+    sb_reset(&wa->cur);
+    wa->in_word = 0;
+}
+
+static void wa_char(words_acc *wa, char ch)
+{
+    if (is_space((unsigned char)ch)) {
+        wa_end(wa);
+        return;
+    }
+    sb_putc(&wa->cur, ch);
+    wa->in_word = 1;
+}
+
+static void wa_raw(words_acc *wa, const char *s, size_t n)
+{
+    sb_putn(&wa->cur, s, n);
+    wa->in_word = 1;
+}
+
+int ib_df_expand_words(char ***out, size_t *n, const char *word, char escape, ib_df_lookup_fn lookup, void *ctx,
+                       const char *file, int line)
+{
+    *out = NULL;
+    *n = 0;
+    lexer lx = {.s = word ? word : "", .n = word ? strlen(word) : 0, .esc = escape, .lookup = lookup, .ctx = ctx};
+    words_acc wa = {0};
+    sbuf tmp = {0};
+    int rc = 0;
+    while (rc == 0 && lx_peek(&lx) != LX_EOF) {
+        int ch = lx_peek(&lx);
+        sb_reset(&tmp);
+        if (ch == '\'' || ch == '"') {
+            rc = ch == '\'' ? lx_single(&lx, &tmp) : lx_double(&lx, &tmp);
+            if (rc == 0) wa_raw(&wa, tmp.p ? tmp.p : "", tmp.n);
+        } else if (ch == '$') {
+            /* An unquoted expansion is split like the shell does: $PORTS = "80 443" is two words. */
+            rc = lx_dollar(&lx, &tmp);
+            for (size_t i = 0; rc == 0 && i < tmp.n; i++) wa_char(&wa, tmp.p[i]);
+        } else {
+            ch = lx_next(&lx);
+            if (ch == lx.esc) {
+                ch = lx_next(&lx);
+                if (ch == LX_EOF) break; /* a trailing escape is dropped */
+                char c = (char)ch;
+                wa_raw(&wa, &c, 1);
+            } else {
+                wa_char(&wa, (char)ch);
+            }
+        }
+    }
+    free(tmp.p);
+    if (rc < 0) {
+        rc = file ? ib_error_set(IB_EINVALID, "%s:%d: %s", file, line, lx.err) : ib_error_set(IB_EINVALID, "%s", lx.err);
+        sv_free(&wa.v);
+        free(wa.cur.p);
+        return rc;
+    }
+    wa_end(&wa);
+    free(wa.cur.p);
+    *out = wa.v.v;
+    *n = wa.v.n;
     return 0;
 }

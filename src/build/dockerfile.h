@@ -66,7 +66,7 @@ typedef struct {
  * (e.g. "Dockerfile:7: unknown instruction: COPPY"). Checks: unknown
  * instructions, missing/extra arguments, unknown or malformed flags for the
  * instruction (COPY: --from --chown --chmod --link --parents --exclude; ADD: +
- * --checksum --keep-git-dir; RUN: --mount --network --security; FROM:
+ * --checksum --keep-git-dir --unpack; RUN: --mount --network --security; FROM:
  * --platform; HEALTHCHECK: --interval --timeout --start-period
  * --start-interval --retries), instructions other than ARG before the first
  * FROM, "FROM x AS" without a name, unterminated heredocs, empty Dockerfile. */
@@ -88,6 +88,19 @@ typedef const char *(*ib_df_lookup_fn)(void *ctx, const char *name);
  * with VAR unset. *out is malloc'd. */
 int ib_df_expand(char **out, const char *word, char escape, ib_df_lookup_fn lookup, void *ctx,
                  const char *file, int line);
+
+/* Docker's ProcessWords (EXPOSE): like ib_df_expand, then split into words
+ * on unquoted whitespace, including whitespace an unquoted $VAR expanded to
+ * ("$PORTS" with PORTS="80 443/udp" gives two words; "\"$PORTS\"" one).
+ * Empty words are dropped. *out (n strings) and each string are malloc'd. */
+int ib_df_expand_words(char ***out, size_t *n, const char *word, char escape, ib_df_lookup_fn lookup, void *ctx,
+                       const char *file, int line);
+
+/* 1 if a RUN shell-form command line is exactly one heredoc word ("<<EOT",
+ * "<<-'EOT'"): BuildKit then runs the heredoc body itself as the script
+ * (a file executed through SHELL when it starts with "#!"), instead of
+ * handing the shell the command line followed by its heredocs. */
+int ib_df_heredoc_only(const char *cmd);
 
 /* Go time.ParseDuration syntax ("30s", "1m30s", "1.5h", "0"), as HEALTHCHECK
  * --interval/--timeout/--start-period/--start-interval take: *ns on success,

@@ -248,6 +248,9 @@ static void stage_from_stage(stage *st, const stage *src)
         st->diff_ids[i] = ib_xstrdup(src->diff_ids[i]);
     }
     kv_copy(&st->env, &src->env);
+    /* BuildKit dispatchState.init: a stage FROM another stage inherits its
+     * ARGs (values included), not just its ENV. */
+    kv_copy(&st->args, &src->args);
     st->base_layers = src->base_layers;
     st->cmd_from_base = json_object_get(st->cfg, "Cmd") != NULL;
     st->os = ib_xstrdup(src->os);
@@ -539,33 +542,58 @@ static int do_workdir(build *b, stage *st, const ib_df_instr *in)
     return 0;
 }
 
+static int expose_one(json_t *ports, const char *word);
+
 static int do_expose(build *b, stage *st, const ib_df_instr *in)
 {
     json_t *ports = cfg_member(st->cfg, "ExposedPorts", 0);
+    /* BuildKit dispatchExpose: each word goes through ProcessWords, so
+     * ENV PORTS="80 443/udp" + EXPOSE $PORTS exposes two ports. */
+    char **words = NULL;
+    size_t nw = 0;
     for (size_t i = 0; i < in->nargs; i++) {
-        char *p;
-        int r = expand(&p, b, st, in->args[i], in->line);
-        if (r < 0) return r;
-        char *proto = strchr(p, '/');
-        char pr[16];
-        snprintf(pr, sizeof pr, "%s", proto ? proto + 1 : "tcp");
-        if (proto) *proto = 0;
-        for (char *q = pr; *q; q++) *q = (char)tolower((unsigned char)*q);
-        char *end;
-        long a = strtol(p, &end, 10), z = a;
-        if (*end == '-') z = strtol(end + 1, &end, 10);
-        if (*end || a < 1 || z > 65535 || z < a || (strcmp(pr, "tcp") && strcmp(pr, "udp") && strcmp(pr, "sctp"))) {
-            r = ib_error_set(IB_EINVALID, "EXPOSE %s: invalid port or protocol", in->args[i]);
-            free(p);
+        char **w;
+        size_t n;
+        scope sc = {b, st};
+        int r = ib_df_expand_words(&w, &n, in->args[i], b->df->escape, lookup, &sc, b->df_name, in->line);
+        if (r < 0) {
+            for (size_t k = 0; k < nw; k++) free(words[k]);
+            free(words);
             return r;
         }
-        for (long n = a; n <= z; n++) {
-            char key[32];
-            snprintf(key, sizeof key, "%ld/%s", n, pr);
-            json_object_set_new(ports, key, json_object());
-        }
-        free(p);
+        words = ib_xrealloc(words, (nw + n + 1) * sizeof *words);
+        for (size_t k = 0; k < n; k++) words[nw++] = w[k];
+        free(w);
     }
+    int r = 0;
+    for (size_t i = 0; i < nw && r == 0; i++) r = expose_one(ports, words[i]);
+    for (size_t k = 0; k < nw; k++) free(words[k]);
+    free(words);
+    return r;
+}
+
+/* One "port[-port][/proto]" word, already expanded. */
+static int expose_one(json_t *ports, const char *word)
+{
+    char *p = ib_xstrdup(word);
+    char *proto = strchr(p, '/');
+    char pr[16];
+    snprintf(pr, sizeof pr, "%s", proto ? proto + 1 : "tcp");
+    if (proto) *proto = 0;
+    for (char *q = pr; *q; q++) *q = (char)tolower((unsigned char)*q);
+    char *end;
+    long a = strtol(p, &end, 10), z = a;
+    if (*end == '-') z = strtol(end + 1, &end, 10);
+    if (*end || a < 1 || z > 65535 || z < a || (strcmp(pr, "tcp") && strcmp(pr, "udp") && strcmp(pr, "sctp"))) {
+        free(p);
+        return ib_error_set(IB_EINVALID, "EXPOSE %s: invalid port or protocol", word);
+    }
+    for (long n = a; n <= z; n++) {
+        char key[32];
+        snprintf(key, sizeof key, "%ld/%s", n, pr);
+        json_object_set_new(ports, key, json_object());
+    }
+    free(p);
     return 0;
 }
 
@@ -574,7 +602,8 @@ static int do_volume(build *b, stage *st, const ib_df_instr *in)
     json_t *vols = cfg_member(st->cfg, "Volumes", 0);
     for (size_t i = 0; i < in->nargs; i++) {
         char *v;
-        int r = in->json_form ? (v = ib_xstrdup(in->args[i]), 0) : expand(&v, b, st, in->args[i], in->line);
+        /* BuildKit VolumeCommand.Expand: the JSON form is expanded too (VOLUME ["$D"]). */
+        int r = expand(&v, b, st, in->args[i], in->line);
         if (r < 0) return r;
         if (!*v) {
             free(v);
@@ -845,8 +874,8 @@ static void close_from(from_src *fs)
 static int open_from(from_src *fs, build *b, stage *st, const ib_df_instr *in, const char *from)
 {
     memset(fs, 0, sizeof *fs);
-    int r = expand(&fs->name, b, st, from, in->line);
-    if (r < 0) return r;
+    int r;
+    fs->name = ib_xstrdup(from); /* literal: check_froms refused variables */
     stage *src = find_stage(b, fs->name, st->index);
     if (!src) {
         fs->img.index = 1000 + st->index;
@@ -1104,7 +1133,115 @@ static void use_cache_mount(build *b, const char *hex, const char *dir, const ch
 /* RUN --mount=type=cache (a dir under the cache dir that outlives builds and
  * never enters a layer) and type=secret (a --secret file, read-only, never
  * in a layer or a cache key). */
-static int parse_mounts(run_mounts *rm, build *b, const ib_df_instr *in)
+/* Go strconv.ParseBool. */
+static int parse_bool(const char *s, int *v)
+{
+    static const char *const t[] = {"1", "t", "T", "TRUE", "true", "True"};
+    static const char *const f[] = {"0", "f", "F", "FALSE", "false", "False"};
+    for (size_t i = 0; i < 6; i++) {
+        if (!strcmp(s, t[i])) return *v = 1, 0;
+        if (!strcmp(s, f[i])) return *v = 0, 0;
+    }
+    return -1;
+}
+
+/* RUN --mount=type=secret (BuildKit dispatchSecret + parseMount): the
+ * secret's id is id= or source=, else the target's base name; env=NAME puts
+ * the value in the command's environment (no file unless target= is given
+ * too); the file is a private copy with mode= (octal, default 0400) and
+ * uid=/gid= (default 0). A secret not given with --secret is skipped unless
+ * required. Neither the value nor the file enters a layer, the config, the
+ * history or a cache key: the key only sees the instruction text. */
+static int secret_mount(run_mounts *rm, kvlist *secret_env, build *b, const char *spec, const char *id_opt,
+                        const char *tgt, const char *scratch)
+{
+    char id[512], src_opt[512], env_name[256], buf[64];
+    int has_src = opt_get(spec, "source", src_opt, sizeof src_opt) || opt_get(spec, "src", src_opt, sizeof src_opt);
+    if (has_src && *id_opt) return ib_error_set(IB_EINVALID, "RUN --mount=%s: both source and id can't be set", spec);
+    snprintf(id, sizeof id, "%s", has_src ? src_opt : id_opt);
+    if (!*id) {
+        if (!*tgt)
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid secret mount. one of source, target required",
+                                spec);
+        const char *base = strrchr(tgt, '/');
+        snprintf(id, sizeof id, "%s", base ? base + 1 : tgt);
+    }
+    int required = 0;
+    if (opt_get(spec, "required", buf, sizeof buf) && parse_bool(buf, &required) < 0)
+        return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid value for required: %s", spec, buf);
+    unsigned long mode = 0400, uid = 0, gid = 0;
+    const char *const nums[3] = {"mode", "uid", "gid"};
+    unsigned long *vals[3] = {&mode, &uid, &gid};
+    for (int k = 0; k < 3; k++) {
+        if (!opt_get(spec, nums[k], buf, sizeof buf)) continue;
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(buf, &end, k == 0 ? 8 : 10);
+        if (!*buf || *end || errno || v > 0xffffffffUL || buf[0] == '-')
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid value %s for %s", spec, buf, nums[k]);
+        *vals[k] = v;
+    }
+    int as_env = opt_get(spec, "env", env_name, sizeof env_name) != NULL;
+    if (as_env && (!*env_name || strchr(env_name, '=')))
+        return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid env name '%s'", spec, env_name);
+    const char *src = NULL;
+    char sid[512], ssrc[4096];
+    for (size_t k = 0; k < b->o->nsecrets && !src; k++)
+        if (opt_get(b->o->secrets[k], "id", sid, sizeof sid) && !strcmp(sid, id) &&
+            (opt_get(b->o->secrets[k], "src", ssrc, sizeof ssrc) ||
+             opt_get(b->o->secrets[k], "source", ssrc, sizeof ssrc)))
+            src = ssrc;
+    if (!src) {
+        if (required)
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: secret '%s' was not given (--secret id=%s,src=FILE)",
+                                spec, id, id);
+        return 0;
+    }
+    /* BuildKit's limit for a secret (secretsprovider MaxSecretSize). */
+    char *val = NULL;
+    size_t len = 0;
+    int r = ib_fs_read_all(&val, &len, src, 500 * 1024);
+    if (r < 0) return ib_error_wrap(r, "RUN --mount=%s: secret '%s'", spec, id);
+    if (as_env) {
+        if (memchr(val, 0, len)) {
+            free(val);
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: secret '%s' holds a NUL byte and cannot be env %s",
+                                spec, id, env_name);
+        }
+        kv_set(secret_env, env_name, val);
+    }
+    if (!as_env || *tgt) {
+        if (rm->n == 16) {
+            free(val);
+            return ib_error_set(IB_EINVALID, "RUN: at most 16 --mount");
+        }
+        if (geteuid() != 0 && (uid || gid)) {
+            free(val);
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: uid/gid other than 0 need a root build", spec);
+        }
+        char *copy = ib_xasprintf("%s/secret-%zu", scratch, rm->n);
+        r = ib_fs_write_atomic(copy, val, len, (int)(mode & 07777));
+        if (r == 0 && geteuid() == 0 && chown(copy, (uid_t)uid, (gid_t)gid) < 0)
+            r = ib_error_errno(IB_ERR, "secret %s", id);
+        if (r < 0) {
+            free(copy);
+            free(val);
+            return r;
+        }
+        const char *base = strrchr(id, '/');
+        ib_sandbox_mount *m = &rm->m[rm->n++];
+        m->source = own(rm, copy);
+        m->target = own(rm, *tgt ? ib_xstrdup(tgt) : ib_xasprintf("/run/secrets/%s", base ? base + 1 : id));
+        m->is_file = 1;
+        m->readonly = 1;
+    }
+    /* the value is a secret: do not leave it in freed heap memory */
+    explicit_bzero(val, len);
+    free(val);
+    return 0;
+}
+
+static int parse_mounts(run_mounts *rm, kvlist *secret_env, build *b, const ib_df_instr *in, const char *scratch)
 {
     memset(rm, 0, sizeof *rm);
     for (size_t i = 0; i < in->nflags; i++) {
@@ -1152,29 +1289,95 @@ static int parse_mounts(run_mounts *rm, build *b, const ib_df_instr *in)
             m->target = own(rm, ib_xstrdup(tgt));
             rm->n++;
         } else if (!strcmp(type, "secret")) {
-            if (!*id) return ib_error_set(IB_EINVALID, "RUN --mount=%s: a secret mount needs id=", spec);
-            const char *src = NULL;
-            char sid[512], ssrc[4096];
-            for (size_t k = 0; k < b->o->nsecrets && !src; k++)
-                if (opt_get(b->o->secrets[k], "id", sid, sizeof sid) && !strcmp(sid, id) &&
-                    (opt_get(b->o->secrets[k], "src", ssrc, sizeof ssrc) || opt_get(b->o->secrets[k], "source", ssrc, sizeof ssrc)))
-                    src = ssrc;
-            if (!src) {
-                /* BuildKit: a missing secret is skipped unless required=true */
-                if (opt_get(spec, "required", buf, sizeof buf) && !strcmp(buf, "true"))
-                    return ib_error_set(IB_EINVALID, "RUN --mount=%s: secret '%s' was not given (--secret id=%s,src=FILE)", spec, id, id);
-                continue;
-            }
-            m->source = own(rm, ib_xstrdup(src));
-            m->target = own(rm, *tgt ? ib_xstrdup(tgt) : ib_xasprintf("/run/secrets/%s", id));
-            m->is_file = 1;
-            m->readonly = 1;
-            rm->n++;
+            int r = secret_mount(rm, secret_env, b, spec, id, tgt, scratch);
+            if (r < 0) return r;
         } else if (strcmp(type, "bind")) {
             return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported (bind, cache and secret are)", type);
         }
     }
     return 0;
+}
+
+/* Where a "#!" heredoc script is mounted (BuildKit: /dev/pipes/<name>). */
+static char *script_path(const ib_df_heredoc *h)
+{
+    char *p = ib_xasprintf("/dev/pipes/%s", h->name);
+    char *clean = ib_copy_clean_abs(p);
+    free(p);
+    /* a delimiter like "../x" must not place the file outside /dev/pipes */
+    if (strncmp(clean, "/dev/pipes/", 11) || !clean[11]) {
+        free(clean);
+        clean = ib_xstrdup("/dev/pipes/script");
+    }
+    return clean;
+}
+
+/* What a shell-form RUN hands its shell (BuildKit dispatchRun). Without
+ * heredocs, the command line. When the line is exactly one heredoc
+ * ("RUN <<EOT"), the body is the script: run by the shell, or, starting with
+ * "#!", written to a file (*script) that the shell executes so the kernel
+ * picks the interpreter. Otherwise the shell gets the line followed by each
+ * body and its delimiter, exactly as a shell script would hold them, and
+ * does the heredoc work itself (quoted delimiters, <<- tab stripping,
+ * several heredocs, expansion at run time). */
+static char *run_shell_text(const ib_df_instr *in, const ib_df_heredoc **script)
+{
+    const char *cmd = in->nargs ? in->args[0] : "";
+    *script = NULL;
+    if (!in->nheredocs) return ib_xstrdup(cmd);
+    if (ib_df_heredoc_only(cmd)) {
+        const ib_df_heredoc *h = &in->heredocs[0];
+        if (strncmp(h->content, "#!", 2)) return ib_xstrdup(h->content);
+        *script = h;
+        return script_path(h);
+    }
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, "%s", cmd);
+    for (size_t i = 0; i < in->nheredocs; i++) ib_strbuf_addf(&sb, "\n%s%s", in->heredocs[i].content, in->heredocs[i].name);
+    return sb.s ? sb.s : ib_xstrdup("");
+}
+
+/* Sets NAME=value in a NULL-terminated, malloc'd envp, replacing NAME if there. */
+static void envp_set(char ***envp, const char *name, const char *value)
+{
+    size_t n = 0, kl = strlen(name);
+    char **e = *envp;
+    for (; e[n]; n++) {
+        if (!strncmp(e[n], name, kl) && e[n][kl] == '=') {
+            explicit_bzero(e[n], strlen(e[n])); /* may have held a secret */
+            free(e[n]);
+            e[n] = ib_xasprintf("%s=%s", name, value);
+            return;
+        }
+    }
+    e = ib_xrealloc(e, (n + 2) * sizeof *e);
+    e[n] = ib_xasprintf("%s=%s", name, value);
+    e[n + 1] = NULL;
+    *envp = e;
+}
+
+/* Proxy --build-args reach every RUN without an ARG line, under both the
+ * upper- and lower-case names (BuildKit proxyEnvFromBuildArgs matches the
+ * name in any case; its executor sets both spellings). They are kept out of
+ * the cache key (BuildKit's ExecOp.CacheMap clears ProxyEnv), the config and
+ * the history, so a CI proxy never changes the image or misses the cache.
+ * A variable the stage sets itself (ENV, or a declared ARG) wins. */
+static void add_proxy_env(char ***envp, const build *b, const kvlist *env)
+{
+    static const char *const names[][2] = {{"HTTP_PROXY", "http_proxy"},
+                                           {"HTTPS_PROXY", "https_proxy"},
+                                           {"FTP_PROXY", "ftp_proxy"},
+                                           {"NO_PROXY", "no_proxy"},
+                                           {"ALL_PROXY", "all_proxy"}};
+    for (size_t p = 0; p < sizeof names / sizeof *names; p++) {
+        /* BuildKit walks the args in sorted order, so the lower-case spelling wins when both are given. */
+        const kv *hit = kv_find(&b->build_args, names[p][1]);
+        for (size_t i = 0; !hit && i < b->build_args.n; i++)
+            if (!strcasecmp(b->build_args.v[i].k, names[p][0])) hit = &b->build_args.v[i];
+        if (!hit || !hit->v || !*hit->v) continue;
+        for (int c = 0; c < 2; c++)
+            if (!kv_find(env, names[p][c])) envp_set(envp, names[p][c], hit->v);
+    }
 }
 
 static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build *b, stage *st, const ib_df_instr *in)
@@ -1190,6 +1393,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         else return ib_error_set(IB_EINVALID, "RUN --network=%s: expected none, default or host", net);
     }
     /* argv: exec form as written; shell form through SHELL (default /bin/sh -c). */
+    const ib_df_heredoc *script = NULL;
     size_t na = 0;
     char **argv = ib_xcalloc(in->nargs + 16, sizeof *argv);
     if (in->json_form) {
@@ -1204,7 +1408,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
             argv[na++] = ib_xstrdup("/bin/sh");
             argv[na++] = ib_xstrdup("-c");
         }
-        argv[na++] = ib_xstrdup(in->nheredocs ? in->heredocs[0].content : in->nargs ? in->args[0] : "");
+        argv[na++] = run_shell_text(in, &script);
     }
     if (!na || !*argv[0]) {
         for (size_t i = 0; i < na; i++) free(argv[i]);
@@ -1228,6 +1432,8 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     ib_strbuf sb = {0};
     ib_strbuf_addf(&sb, "instruction %s\nparent %s\n", in->original, chain);
     for (size_t i = 0; i < na; i++) ib_strbuf_addf(&sb, "argv %zu:%s\n", strlen(argv[i]), argv[i]);
+    /* argv names a "#!" script by its path only: its text belongs in the key. */
+    if (script) ib_strbuf_addf(&sb, "script %zu:%s\n", strlen(script->content), script->content);
     for (size_t i = 0; i < env.n; i++) {
         char vd[IB_DIGEST_STRLEN + 1];
         const char *v = env.v[i].v ? env.v[i].v : "";
@@ -1289,7 +1495,30 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     }
     run_out ro = {b, ""};
     run_mounts rm;
-    r = parse_mounts(&rm, b, in);
+    kvlist senv = {0};
+    add_proxy_env(&envp, b, &env);
+    r = parse_mounts(&rm, &senv, b, in, scratch);
+    /* after the proxies: a secret env= wins over everything */
+    for (size_t i = 0; i < senv.n; i++) {
+        envp_set(&envp, senv.v[i].k, senv.v[i].v);
+        explicit_bzero(senv.v[i].v, strlen(senv.v[i].v));
+    }
+    kv_clear(&senv);
+    if (r == 0 && script) {
+        /* BuildKit mounts the script read-only at /dev/pipes/<name>, mode 0755. */
+        char *sp = ib_xasprintf("%s/heredoc-script", scratch);
+        r = rm.n == 16 ? ib_error_set(IB_EINVALID, "RUN: at most 16 --mount")
+                       : ib_fs_write_atomic(sp, script->content, strlen(script->content), 0755);
+        if (r == 0) {
+            ib_sandbox_mount *m = &rm.m[rm.n++];
+            m->source = own(&rm, sp);
+            m->target = own(&rm, ib_xstrdup(argv[na - 1]));
+            m->is_file = 1;
+            m->readonly = 1;
+        } else {
+            free(sp);
+        }
+    }
     for (size_t i = 0; r == 0 && i < bl.n; i++) {
         if (rm.n == 16) {
             r = ib_error_set(IB_EINVALID, "RUN: at most 16 --mount");
@@ -1343,10 +1572,48 @@ done:
     bind_list_free(&bl);
     for (size_t i = 0; i < na; i++) free(argv[i]);
     free(argv);
-    for (size_t i = 0; envp[i]; i++) free(envp[i]);
+    for (size_t i = 0; envp[i]; i++) {
+        explicit_bzero(envp[i], strlen(envp[i])); /* secret env= values */
+        free(envp[i]);
+    }
     free(envp);
     kv_clear(&env);
     return r;
+}
+
+/* moby/sys/signal ParseSignal (Linux), which BuildKit's dispatchStopSignal
+ * applies after expansion: a non-zero integer, or a signal name with or
+ * without "SIG", any case. A typo fails the build instead of an image whose
+ * containers cannot be stopped gracefully. */
+static int valid_signal(const char *s)
+{
+    static const char *const names[] = {"ABRT", "ALRM", "BUS",  "CHLD", "CLD",    "CONT", "FPE",    "HUP",   "ILL",
+                                        "INT",  "IO",   "IOT",  "KILL", "PIPE",   "POLL", "PROF",   "PWR",   "QUIT",
+                                        "SEGV", "STKFLT", "STOP", "SYS", "TERM",  "TRAP", "TSTP",   "TTIN",  "TTOU",
+                                        "URG",  "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX"};
+    /* Go strconv.Atoi: optional sign, decimal digits, fits an int. */
+    const char *d = s + (*s == '+' || *s == '-');
+    if (*d && strspn(d, "0123456789") == strlen(d)) {
+        errno = 0;
+        long long v = strtoll(s, NULL, 10);
+        return errno == 0 && v != 0;
+    }
+    char up[32];
+    size_t n = strlen(s);
+    if (n >= sizeof up) return 0;
+    for (size_t i = 0; i <= n; i++) up[i] = (char)toupper((unsigned char)s[i]);
+    const char *name = strncmp(up, "SIG", 3) ? up : up + 3;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(name, names[i])) return 1;
+    /* RTMIN+1..RTMIN+15 and RTMAX-14..RTMAX-1, spelled exactly so */
+    for (int k = 1; k <= 15; k++) {
+        char rt[16];
+        snprintf(rt, sizeof rt, "RTMIN+%d", k);
+        if (!strcmp(name, rt)) return 1;
+        snprintf(rt, sizeof rt, "RTMAX-%d", k);
+        if (k <= 14 && !strcmp(name, rt)) return 1;
+    }
+    return 0;
 }
 
 static void stage_label(char *out, size_t n, const stage *st)
@@ -1387,8 +1654,10 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
     }
     case IB_DF_STOPSIGNAL: {
         char *s;
-        if ((r = expand(&s, b, st, in->args[0], in->line)) == 0)
-            json_object_set_new(st->cfg, "StopSignal", json_string(s));
+        if ((r = expand(&s, b, st, in->args[0], in->line)) == 0) {
+            if (valid_signal(s)) json_object_set_new(st->cfg, "StopSignal", json_string(s));
+            else r = ib_error_set(IB_EINVALID, "STOPSIGNAL: invalid signal: %s", s);
+        }
         free(s);
         break;
     }
@@ -1462,6 +1731,7 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         if (st->lidx) {
             env.parent_fn = lower_dir;
             env.parent_ctx = &sref;
+            env.lower = st->lidx; /* symlinks in the image: COPY x /bin/x lands in /usr/bin */
         }
         env.workdir = json_string_value(json_object_get(st->cfg, "WorkingDir"));
         /* --from: a previous stage or an image; --chown by name: the stage's own /etc/passwd. */
@@ -1489,7 +1759,19 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
             free(cx);
             if (r < 0) goto copy_out;
         }
-        r = ib_copy_run(&lr, &env, in, in->kind == IB_DF_ADD);
+        /* ADD --unpack=false (Dockerfile 1.17): a local archive is copied as
+         * is. Extraction is the only thing ADD does beyond COPY here (URLs are
+         * refused by both), so the copier runs in COPY mode and its message
+         * is given back ADD's name. */
+        int present = 0;
+        const char *unpack = in->kind == IB_DF_ADD ? ib_df_flag_get(in, "unpack", &present) : NULL;
+        int no_unpack = present && unpack && !strcasecmp(unpack, "false");
+        r = ib_copy_run(&lr, &env, in, in->kind == IB_DF_ADD && !no_unpack);
+        if (r < 0 && no_unpack && !strncmp(ib_error_last(), "COPY", 4)) {
+            char *m = ib_xstrdup(ib_error_last() + 4);
+            r = ib_error_set(r, "ADD%s", m);
+            free(m);
+        }
         if (r == 0) made_layer = sref.hit ? 2 : 1;
         if (r == 0 && sref.why) snprintf(why, sizeof why, sref.hit ? "%s" : "rebuilt: %s", sref.why);
         free(sref.why);
@@ -1693,15 +1975,49 @@ static int split_stages(build *b)
  * Unneeded stages are skipped, as BuildKit does. */
 static int mark_from(build *b, size_t k, const char *from, int line)
 {
-    char *fx;
-    if (expand(&fx, b, NULL, from, line) < 0) return 0; /* reported when the step runs */
-    stage *d = find_stage(b, fx, k);
-    int r = 0;
+    /* check_froms has made sure the name is literal: no expansion here. */
+    stage *d = find_stage(b, from, k);
     if (d) d->needed = 1;
-    else if (find_stage(b, fx, b->nstages))
-        r = ib_error_set(IB_EINVALID, "%s:%d: --from=%s refers to a later stage", b->df_name, line, fx);
-    free(fx);
-    return r;
+    else if (find_stage(b, from, b->nstages))
+        return ib_error_set(IB_EINVALID, "%s:%d: --from=%s refers to a later stage", b->df_name, line, from);
+    return 0;
+}
+
+/* BuildKit takes --from literally: COPY --from is refused when ProcessWord
+ * with no variables changes it (toCommand), RUN --mount from= when it holds
+ * "$" and a character (parseMount). Checked for every stage before anything
+ * runs, as BuildKit does while building its stage graph, so an unneeded stage
+ * fails the same way and the planner and the step can never disagree. */
+static int check_froms(build *b)
+{
+    for (size_t i = 0; i < b->df->ninstrs; i++) {
+        const ib_df_instr *in = &b->df->instrs[i];
+        if (in->kind == IB_DF_COPY) {
+            const char *from = ib_df_flag_get(in, "from", NULL);
+            if (!from) continue;
+            char *lit = NULL;
+            int same = ib_df_expand(&lit, from, b->df->escape, NULL, NULL, NULL, 0) == 0 && !strcmp(lit, from);
+            free(lit);
+            if (!same)
+                return ib_error_set(IB_EINVALID,
+                                    "%s:%d: COPY --from=%s: variable expansion is not supported for --from, define a "
+                                    "new stage with FROM using ARG from global scope as a workaround",
+                                    b->df_name, in->line, from);
+        } else if (in->kind == IB_DF_RUN) {
+            for (size_t f = 0; f < in->nflags; f++) {
+                char mfrom[512];
+                if (strcmp(in->flags[f].name, "mount") || !in->flags[f].value) continue;
+                if (!opt_get(in->flags[f].value, "from", mfrom, sizeof mfrom)) continue;
+                const char *dollar = strchr(mfrom, '$');
+                if (dollar && dollar[1])
+                    return ib_error_set(IB_EINVALID,
+                                        "%s:%d: RUN --mount=%s: 'from' doesn't support variable expansion, define "
+                                        "alias stage instead",
+                                        b->df_name, in->line, in->flags[f].value);
+            }
+        }
+    }
+    return 0;
 }
 
 static int mark_needed(build *b, size_t target)
@@ -1971,6 +2287,7 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
         }
         target = t->index;
     }
+    if ((r = check_froms(b)) < 0) goto out;
     if ((r = mark_needed(b, target)) < 0) goto out;
 
     char *tmpl = ib_xasprintf("%s/tmp/build-XXXXXX", cache);
@@ -1989,7 +2306,8 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
         const char *k = b->build_args.v[i].k;
         int used = 0;
         for (size_t u = 0; u < b->nused && !used; u++) used = !strcmp(b->used_args[u], k);
-        for (size_t p = 0; p < sizeof proxy_args / sizeof *proxy_args && !used; p++) used = !strcmp(proxy_args[p], k);
+        /* proxies are used by every RUN, and matched in any case as add_proxy_env does */
+        for (size_t p = 0; p < sizeof proxy_args / sizeof *proxy_args && !used; p++) used = !strcasecmp(proxy_args[p], k);
         if (!used) ib_progress_msg(b->prog, "warning", "build-arg %s was not consumed by any ARG in %s", k, b->df_name);
     }
 

@@ -279,3 +279,59 @@ void ib_fs_cleanup_on_signal(void)
     signal(SIGTERM, on_signal);
     signal(SIGHUP, on_signal);
 }
+
+int ib_fs_resolve_links(char **out, const char *path, int follow_last, int max_links, ib_fs_link_fn link, void *ctx)
+{
+    char *todo = ib_xstrdup(path), *res = ib_xstrdup("");
+    const char *p = todo;
+    int links = 0, r = 0;
+    for (;;) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        size_t n = strcspn(p, "/");
+        if (n == 1 && p[0] == '.') {
+            p += n;
+            continue;
+        }
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            char *sl = strrchr(res, '/');
+            *(sl ? sl : res) = 0; /* ".." at the root stays at the root */
+            p += n;
+            continue;
+        }
+        char *next = *res ? ib_xasprintf("%s/%.*s", res, (int)n, p) : ib_xstrndup(p, n);
+        p += n;
+        const char *q = p;
+        while (*q == '/') q++;
+        char *target = NULL;
+        r = link(ctx, next, &target);
+        if (r < 0) {
+            char *partial = ib_xasprintf("%s%s", next, p);
+            free(next);
+            free(res);
+            res = partial;
+            break;
+        }
+        if (r == 1 && (*q || follow_last)) {
+            free(next);
+            if (++links > max_links) {
+                free(target);
+                r = ib_error_set(IB_EINVALID, "%s: too many levels of symbolic links", path);
+                break;
+            }
+            if (target[0] == '/') res[0] = 0;
+            char *nt = ib_xasprintf("%s/%s", target, p);
+            free(target);
+            free(todo);
+            todo = nt;
+            p = todo;
+            continue;
+        }
+        free(target);
+        free(res);
+        res = next;
+    }
+    free(todo);
+    *out = res;
+    return r < 0 ? r : 0;
+}

@@ -33,6 +33,18 @@ char *ib_fs_join(const char *a, const char *b);
 /* Absolute, symlink-resolved path of an existing file. Caller frees. */
 int ib_fs_realpath(char **out, const char *path);
 
+/* Resolves path component by component as a kernel walk under chroot does,
+ * for trees that are not on disk (a git commit, image layers): ".." pops the
+ * components resolved so far and stops at the root, and a symlink's target
+ * (absolute ones from the root) is put in front of what remains. link(ctx,
+ * resolved, &target) says what a resolved prefix is: 1 = a symlink (*target
+ * malloc'd), 0 = anything else, <0 = stop with that error. The last component
+ * is followed only with follow_last. *out (no leading '/') is the resolved
+ * path; after an error from link, the prefix so far plus the rest as written.
+ * More than max_links links: IB_EINVALID "PATH: too many levels of symbolic links". */
+typedef int (*ib_fs_link_fn)(void *ctx, const char *resolved, char **target);
+int ib_fs_resolve_links(char **out, const char *path, int follow_last, int max_links, ib_fs_link_fn link, void *ctx);
+
 /* Temp files registered here are unlinked if the process is interrupted
  * (SIGINT/SIGTERM/SIGHUP), so a cancelled build leaves no partial output.
  * ib_fs_tmpfile_near registers automatically; call forget after the rename. */

@@ -1,5 +1,6 @@
 #include "layer/index.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "oci/digest.h"
 
 #include <archive.h>
@@ -9,9 +10,14 @@
 
 typedef struct {
     char *path;
+    ib_lx_kind kind;  /* IB_LX_DIR or IB_LX_SYMLINK */
+    char *link;       /* symlinks: the target, as written */
     unsigned mode, uid, gid;
     unsigned layer; /* index of the layer that wrote it (opaque markers only hide lower ones) */
 } dent;
+
+/* continuity's maxSymlinkLimit: RootPath gives up on a loop after 255 links. */
+#define MAX_LINKS 255
 
 struct ib_layer_index {
     dent *v; /* open addressing; path NULL = empty, path "" = tombstone */
@@ -37,7 +43,10 @@ ib_layer_index *ib_layer_index_new(void)
 void ib_layer_index_free(ib_layer_index *x)
 {
     if (!x) return;
-    for (size_t i = 0; i < x->cap; i++) free(x->v[i].path);
+    for (size_t i = 0; i < x->cap; i++) {
+        free(x->v[i].path);
+        free(x->v[i].link);
+    }
     free(x->v);
     free(x);
 }
@@ -51,7 +60,8 @@ static dent *find(const ib_layer_index *x, const char *p)
     return NULL;
 }
 
-static void put(ib_layer_index *x, const char *p, unsigned mode, unsigned uid, unsigned gid, unsigned layer);
+/* The slot for p: its entry, or a fresh one (path set, the rest zero). */
+static dent *slot(ib_layer_index *x, const char *p);
 
 static void grow(ib_layer_index *x)
 {
@@ -61,37 +71,59 @@ static void grow(ib_layer_index *x)
     x->v = ib_xcalloc(x->cap, sizeof *x->v);
     x->n = 0;
     for (size_t i = 0; i < oc; i++) {
-        if (old[i].path && *old[i].path) put(x, old[i].path, old[i].mode, old[i].uid, old[i].gid, old[i].layer);
+        if (old[i].path && *old[i].path) {
+            dent *d = slot(x, old[i].path);
+            char *path = d->path;
+            *d = old[i];
+            d->path = path;
+        } else {
+            free(old[i].link);
+        }
         free(old[i].path);
     }
     free(old);
 }
 
-static void put(ib_layer_index *x, const char *p, unsigned mode, unsigned uid, unsigned gid, unsigned layer)
+static dent *slot(ib_layer_index *x, const char *p)
 {
     dent *d = find(x, p);
-    if (!d) {
-        if ((x->n + 1) * 2 > x->cap) grow(x);
-        size_t i = hash(p) & (x->cap - 1);
-        while (x->v[i].path && *x->v[i].path) i = (i + 1) & (x->cap - 1);
-        free(x->v[i].path);
-        d = &x->v[i];
-        d->path = ib_xstrdup(p);
-        x->n++;
-    }
+    if (d) return d;
+    if ((x->n + 1) * 2 > x->cap) grow(x);
+    size_t i = hash(p) & (x->cap - 1);
+    while (x->v[i].path && *x->v[i].path) i = (i + 1) & (x->cap - 1);
+    free(x->v[i].path);
+    d = &x->v[i];
+    *d = (dent){.path = ib_xstrdup(p)};
+    x->n++;
+    return d;
+}
+
+static void put(ib_layer_index *x, const char *p, ib_lx_kind kind, const char *link, unsigned mode, unsigned uid,
+                unsigned gid, unsigned layer)
+{
+    dent *d = slot(x, p);
+    free(d->link);
+    d->kind = kind;
+    d->link = link ? ib_xstrdup(link) : NULL;
     d->mode = mode;
     d->uid = uid;
     d->gid = gid;
     d->layer = layer;
 }
 
+static void tombstone(ib_layer_index *x, dent *d)
+{
+    free(d->path);
+    free(d->link);
+    d->link = NULL;
+    d->path = ib_xstrdup(""); /* tombstone keeps probe chains intact */
+    x->n--;
+}
+
 static void del(ib_layer_index *x, const char *p)
 {
     dent *d = find(x, p);
-    if (!d) return;
-    free(d->path);
-    d->path = ib_xstrdup(""); /* tombstone keeps probe chains intact */
-    x->n--;
+    if (d) tombstone(x, d);
 }
 
 /* Removes everything strictly below dir written by layers before `layer`. */
@@ -101,22 +133,34 @@ static void del_below(ib_layer_index *x, const char *dir, unsigned before_layer)
     for (size_t i = 0; i < x->cap; i++) {
         dent *d = &x->v[i];
         if (!d->path || !*d->path || d->layer >= before_layer) continue;
-        if (n == 0 || (!strncmp(d->path, dir, n) && d->path[n] == '/')) {
-            free(d->path);
-            d->path = ib_xstrdup("");
-            x->n--;
-        }
+        if (n == 0 || (!strncmp(d->path, dir, n) && d->path[n] == '/')) tombstone(x, d);
     }
 }
 
-static char *clean(const char *name)
+static int index_link(void *ctx, const char *resolved, char **target)
 {
-    while (name[0] == '.' && name[1] == '/') name += 2;
-    while (*name == '/') name++;
-    char *p = ib_xstrdup(name);
-    size_t n = strlen(p);
-    while (n > 0 && p[n - 1] == '/') p[--n] = 0;
-    return p;
+    const dent *d = ctx ? find(ctx, resolved) : NULL;
+    if (!d || d->kind != IB_LX_SYMLINK) return 0;
+    *target = ib_xstrdup(d->link);
+    return 1;
+}
+
+int ib_layer_index_resolve(char **out, const ib_layer_index *x, const char *path)
+{
+    int r = ib_fs_resolve_links(out, path, 1, MAX_LINKS, index_link, (void *)x);
+    if (r < 0) {
+        free(*out);
+        *out = NULL;
+    }
+    return r;
+}
+
+ib_lx_kind ib_layer_index_kind(const ib_layer_index *x, const char *path, const char **target)
+{
+    const dent *d = find(x, path);
+    if (!d) return IB_LX_NONE;
+    if (target) *target = d->link;
+    return d->kind;
 }
 
 int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
@@ -134,28 +178,46 @@ int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
     struct archive_entry *e;
     int st, r = 0;
     while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
-        char *p = clean(archive_entry_pathname(e));
-        char *slash = strrchr(p, '/');
-        const char *base = slash ? slash + 1 : p;
-        char *dir = slash ? ib_xstrndup(p, (size_t)(slash - p)) : ib_xstrdup("");
+        const char *name = archive_entry_pathname(e);
+        char *clean = ib_fs_path_clean(name ? name : "", 1);
+        char *slash = strrchr(clean, '/');
+        const char *base = slash ? slash + 1 : clean;
+        char *dir = slash ? ib_xstrndup(clean, (size_t)(slash - clean)) : ib_xstrdup("");
+        /* The applier (layer/apply.c, like containerd) opens an entry's parent
+         * with the symlinks below followed inside the root: "bin/x" over a
+         * "bin -> usr/bin" link lands in usr/bin. A parent that loops is an
+         * error there; here it is taken literally (the index only advises). */
+        char *rdir;
+        if (ib_layer_index_resolve(&rdir, x, dir) < 0) rdir = ib_xstrdup(dir);
+        char *p = *rdir ? ib_xasprintf("%s/%s", rdir, base) : ib_xstrdup(base);
         if (!strcmp(base, ".wh..wh..opq")) {
-            del_below(x, dir, layer);
+            del_below(x, rdir, layer);
         } else if (!strncmp(base, ".wh.", 4)) {
-            char *victim = *dir ? ib_xasprintf("%s/%s", dir, base + 4) : ib_xstrdup(base + 4);
+            char *victim = *rdir ? ib_xasprintf("%s/%s", rdir, base + 4) : ib_xstrdup(base + 4);
             del(x, victim);
             del_below(x, victim, layer + 1);
             free(victim);
-        } else if (*p) {
-            if (archive_entry_filetype(e) == AE_IFDIR)
-                put(x, p, archive_entry_perm(e) & 07777, (unsigned)archive_entry_uid(e), (unsigned)archive_entry_gid(e),
-                    layer);
-            else if (find(x, p)) {
+        } else if (*base) {
+            int type = archive_entry_filetype(e);
+            const dent *old = find(x, p);
+            /* A directory over a directory merges with it; anything else
+             * replaces what was there, with everything below it. */
+            if (old && !(type == AE_IFDIR && old->kind == IB_LX_DIR)) {
                 del(x, p);
                 del_below(x, p, layer + 1);
             }
+            const char *link = archive_entry_symlink(e);
+            if (type == AE_IFDIR)
+                put(x, p, IB_LX_DIR, NULL, archive_entry_perm(e) & 07777, (unsigned)archive_entry_uid(e),
+                    (unsigned)archive_entry_gid(e), layer);
+            else if (type == AE_IFLNK && link && *link)
+                put(x, p, IB_LX_SYMLINK, link, 0777, (unsigned)archive_entry_uid(e), (unsigned)archive_entry_gid(e),
+                    layer);
         }
-        free(dir);
         free(p);
+        free(rdir);
+        free(dir);
+        free(clean);
     }
     if (st != ARCHIVE_EOF) r = ib_error_set(IB_ERR, "%s: %s", blob_path, archive_error_string(a));
     archive_read_free(a);
@@ -165,7 +227,7 @@ int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
 int ib_layer_index_dir(const ib_layer_index *x, const char *path, unsigned *mode, unsigned *uid, unsigned *gid)
 {
     dent *d = find(x, path);
-    if (!d) return 0;
+    if (!d || d->kind != IB_LX_DIR) return 0;
     *mode = d->mode;
     *uid = d->uid;
     *gid = d->gid;

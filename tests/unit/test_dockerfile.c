@@ -752,6 +752,84 @@ static void test_expand(void)
     }
 }
 
+/* ProcessWords (EXPOSE): unquoted expansions split, quoted text and escaped
+ * blanks do not, empty words vanish. */
+static void test_expand_words(void)
+{
+    static const struct {
+        const char *in;
+        const char *want; /* words joined with '|' */
+    } cases[] = {
+        {"$SP", "a|b"},           {"\"$SP\"", "a b"},      {"x$SP", "xa|b"},     {"'$SP'", "$SP"},
+        {"80 443/udp", "80|443/udp"}, {"a\\ b", "a b"},    {"$UNSET", ""},       {"\"\"", ""},
+        {"  $A  ", "hello"},      {"${UNSET:-1 2}", "1|2"}, {"p\"$SP\"q", "pa bq"}, {"", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char **w = NULL;
+        size_t n = 0;
+        int rc = ib_df_expand_words(&w, &n, cases[i].in, '\\', lookup, NULL, "Dockerfile", 3);
+        CHECK_INT(rc, 0);
+        char joined[256] = "";
+        for (size_t k = 0; k < n; k++) {
+            if (k) strcat(joined, "|");
+            strncat(joined, w[k], sizeof joined - strlen(joined) - 2);
+            free(w[k]);
+        }
+        free(w);
+        if (strcmp(joined, cases[i].want)) fprintf(stderr, "expand_words [%s]\n", cases[i].in);
+        CHECK_STR(joined, cases[i].want);
+    }
+    char **w = (char **)1;
+    size_t n = 7;
+    CHECK_INT(ib_df_expand_words(&w, &n, "\"open", '\\', lookup, NULL, "Dockerfile", 3), IB_EINVALID);
+    CHECK(w == NULL && n == 0);
+    CHECK_STR(ib_error_last(), "Dockerfile:3: unexpected end of statement while looking for matching double-quote");
+}
+
+/* RUN's command line vs its heredocs (BuildKit dispatchRun's MustParseHeredoc
+ * on the whole line), ADD --unpack, and exec form with trailing text. */
+static void test_run_heredoc_forms(void)
+{
+    CHECK_INT(ib_df_heredoc_only("<<EOT"), 1);
+    CHECK_INT(ib_df_heredoc_only("<<-EOT"), 1);
+    CHECK_INT(ib_df_heredoc_only("<<'EOT'"), 1);
+    CHECK_INT(ib_df_heredoc_only("<<\"E O\""), 1);
+    CHECK_INT(ib_df_heredoc_only("3<<EOT"), 1);
+    CHECK_INT(ib_df_heredoc_only("<<EOT bash"), 0);
+    CHECK_INT(ib_df_heredoc_only("cat <<EOT"), 0);
+    CHECK_INT(ib_df_heredoc_only("<<EOT > /x"), 0);
+    CHECK_INT(ib_df_heredoc_only("<<"), 0);
+    CHECK_INT(ib_df_heredoc_only("<<A<<B"), 0);
+    CHECK_INT(ib_df_heredoc_only(""), 0);
+
+    ib_dockerfile *df = parse("FROM x\n"
+                              "RUN <<FILE1 cat > file1 && <<FILE2 cat > file2\n"
+                              "I am\nfirst\nFILE1\nI am\nsecond\nFILE2\n"
+                              "ADD --unpack=false a.tar /d/\n"
+                              "ADD --unpack a.tar /d/\n"
+                              "CMD [\"node\", \"server.js\"]  # start\n");
+    if (!df) return;
+    ib_df_instr *in = df->instrs;
+    CHECK_INT(in[1].nheredocs, 2);
+    CHECK_STR(ARG(&in[1], 0), "<<FILE1 cat > file1 && <<FILE2 cat > file2");
+    if (in[1].nheredocs == 2) {
+        CHECK_STR(in[1].heredocs[0].content, "I am\nfirst\n");
+        CHECK_STR(in[1].heredocs[1].content, "I am\nsecond\n");
+    }
+    int present = 0;
+    CHECK_STR(ib_df_flag_get(&in[2], "unpack", &present), "false");
+    CHECK_INT(present, 1);
+    CHECK(ib_df_flag_get(&in[3], "unpack", &present) == NULL);
+    CHECK_INT(present, 1);
+    /* BuildKit's parseJSON is json.Unmarshal, which rejects trailing text:
+     * the line is shell form, exactly as Docker builds it. */
+    CHECK_INT(in[4].json_form, 0);
+    CHECK_STR(ARG(&in[4], 0), "[\"node\", \"server.js\"]  # start");
+    ib_df_free(df);
+    BAD("FROM x\nADD --unpack=maybe a.tar /d/\n", "Dockerfile:2: expecting boolean value for flag --unpack, not: maybe");
+    BAD("FROM x\nCOPY --unpack=true a.tar /d/\n", "Dockerfile:2: unknown flag: --unpack");
+}
+
 /* Cheap in-process fuzz: random byte soup from a Dockerfile-ish alphabet must
  * never crash or leak (run under ASan/UBSan). */
 static void test_fuzz(void)
@@ -791,6 +869,13 @@ static void test_fuzz(void)
         }
         char *o = NULL;
         if (ib_df_expand(&o, buf, '\\', lookup, NULL, NULL, 0) == 0) free(o);
+        char **ws = NULL;
+        size_t nws = 0;
+        if (ib_df_expand_words(&ws, &nws, buf, '\\', lookup, NULL, NULL, 0) == 0) {
+            for (size_t k = 0; k < nws; k++) free(ws[k]);
+            free(ws);
+        }
+        (void)ib_df_heredoc_only(buf);
     }
     CHECK(parsed > 0);
     CHECK_INT(dangling, 0);
@@ -807,6 +892,8 @@ int main(void)
     test_env_label_arg();
     test_bad_inputs();
     test_expand();
+    test_expand_words();
+    test_run_heredoc_forms();
     test_fuzz();
     return ut_done();
 }
