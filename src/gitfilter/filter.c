@@ -13,6 +13,7 @@ enum { R_PATH, R_DIR, R_GLOB, R_REGEX };
 typedef struct {
     int kind;
     char *s;     /* the path (no trailing '/') or the glob */
+    char *below; /* glob: filter-repo's companion pattern, G + "/" + "*" (G + "*" when G ends in '/'): a glob naming a directory takes what is in it */
     size_t len;
     size_t lit;  /* glob: length of the literal prefix before the first wildcard */
     regex_t re;
@@ -32,6 +33,7 @@ void ib_gf_filter_free(ib_gf_filter *f)
     for (size_t i = 0; i < f->n; i++) {
         if (f->r[i].kind == R_REGEX) regfree(&f->r[i].re);
         free(f->r[i].s);
+        free(f->r[i].below);
     }
     free(f->r);
     free(f);
@@ -72,14 +74,36 @@ int ib_gf_filter_add_path(ib_gf_filter *f, const char *path)
     return 0;
 }
 
+/* filter-repo matches with Python's fnmatch: a backslash is an ordinary
+ * character (fnmatch(3) runs with FNM_NOESCAPE) and "[^...]" is a set that
+ * holds '^' (glibc would negate it), so the '^' moves to the end of the set,
+ * where glibc reads it literally too. */
+static char *python_glob(const char *g)
+{
+    size_t n = strlen(g);
+    char *o = ib_xmalloc(n + 1);
+    memcpy(o, g, n + 1);
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (o[i] != '[' || o[i + 1] != '^') continue;
+        size_t k = i + 3; /* a ']' right after "[^" belongs to the set */
+        while (k < n && o[k] != ']') k++;
+        if (k >= n) break;
+        memmove(o + i + 1, o + i + 2, k - i - 2);
+        o[k - 1] = '^';
+        i = k;
+    }
+    return o;
+}
+
 int ib_gf_filter_add_glob(ib_gf_filter *f, const char *glob)
 {
     if (!*glob) return ib_error_set(IB_EUSAGE, "--path-glob: empty pattern");
     rule *r = add(f);
     r->kind = R_GLOB;
-    r->s = ib_xstrdup(glob);
+    r->s = python_glob(glob);
     r->len = strlen(glob);
     r->lit = strcspn(glob, "*?[\\");
+    r->below = ib_xasprintf("%s%s", r->s, glob[r->len - 1] == '/' ? "*" : "/*");
     return 0;
 }
 
@@ -183,7 +207,8 @@ int ib_gf_filter_path_removed(const ib_gf_filter *f, const char *path, size_t le
                     p = heap = ib_xstrndup(path, len);
                 }
             }
-            int m = r->kind == R_GLOB ? fnmatch(r->s, p, 0) == 0 : regexec(&r->re, p, 0, NULL, 0) == 0;
+            int m = r->kind == R_GLOB ? fnmatch(r->s, p, FNM_NOESCAPE) == 0 || fnmatch(r->below, p, FNM_NOESCAPE) == 0
+                                      : regexec(&r->re, p, 0, NULL, 0) == 0;
             free(heap);
             if (m) return 1;
             break;

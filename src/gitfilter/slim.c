@@ -398,7 +398,8 @@ static int build_export_list(export_list *l, const ib_gf_filter *f, int all_vers
     if (rc == 0) qsort(names.strings, names.count, sizeof *names.strings, cmp_name);
     for (size_t i = 0; rc == 0 && i < names.count; i++) {
         const char *n = names.strings[i];
-        if (strncmp(n, "refs/heads/", 11) && strncmp(n, "refs/tags/", 10) && strncmp(n, "refs/remotes/", 13)) continue;
+        /* every ref the rewrite touches (pull-request refs, refs/stash, notes…),
+         * not just branches and tags: what it drops must be in the export */
         git_oid id;
         if (git_reference_name_to_id(&id, l->repo, n) < 0 || !tree_of(&tree, l->repo, &id)) {
             git_error_clear();
@@ -544,6 +545,13 @@ int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_
     char hb[32], hb2[32];
 
     char why[600];
+    if (git_repository_is_shallow(repo)) {
+        /* its oldest commits would become roots: force-pushing that truncates the server's history */
+        rc = ib_error_set(IB_ERR, "%s is a shallow clone: slim needs the whole history (git fetch --unshallow, or "
+                                  "git clone --no-local URL)",
+                          o->repo ? o->repo : workdir ? workdir : gitdir);
+        goto out;
+    }
     if (!o->force && not_fresh(why, sizeof why, repo, gitdir)) {
         if (!o->dry_run) {
             rc = ib_error_set(IB_ERR,
@@ -694,6 +702,12 @@ bundle_done:
     if (workdir && !git_oid_is_zero(ib_gf_rewrite_new_head(rw))) {
         const char *args[] = {"reset", "--hard", "--quiet", NULL};
         rc = run_git(workdir, "git reset --hard (checking out the new HEAD)", args);
+        if (rc < 0) goto out;
+    } else if (workdir) {
+        /* HEAD's branch was pruned away entirely: an index still holding the
+         * old tree would keep the data alive through gc and commit it again */
+        const char *args[] = {"read-tree", "-u", "--reset", "4b825dc642cb6eb9a060e54bf8d69288fbee4904", NULL};
+        rc = run_git(workdir, "git read-tree (emptying the index of the pruned HEAD)", args);
         if (rc < 0) goto out;
     }
     if (!o->no_gc) {

@@ -401,6 +401,24 @@ test_expect_success '--path-glob and --paths-from-file give filter-repo'"'"'s re
     test -d "$TMP/glob.ib/$D1/observed_climates" && test ! -e "$TMP/glob.ib/$D1/observed_climates/ID"
 '
 
+test_expect_success 'a --path-glob naming a directory takes what is in it, as filter-repo'"'"'s (G, G/*, Python fnmatch)' '
+    pair globdir --path-glob "*/county_db" --path-glob "wepppy/soils/ssurgo/dat?" --invert-paths -- \
+        --path-glob "*/county_db" --path-glob "wepppy/soils/ssurgo/dat?" &&
+    test ! -e "$TMP/globdir.ib/$D1" && test ! -e "$TMP/globdir.ib/$D2" && test -s "$TMP/globdir.exp/MANIFEST"
+'
+
+test_expect_success 'refs beyond branches and tags (refs/pull/*) are exported too; a shallow clone is refused' '
+    P=$TMP/P && clone "$P" &&
+    git -C "$P" checkout -q -b pr && mkdir -p "$P/$D1" && echo "only on the PR" >"$P/$D1/pr-only.cli" &&
+    git -C "$P" add -A && git -C "$P" commit -q -m "pr data" && git -C "$P" update-ref refs/pull/1/head HEAD &&
+    git -C "$P" checkout -q main && git -C "$P" branch -q -D pr &&
+    ib slim "$P" --force --path "$D1" --path "$D2" --export-to "$TMP/P.exp" --no-backup --progress plain &&
+    grep -q "^$D1/pr-only.cli	" "$TMP/P.exp/MANIFEST" && test "$(cat "$TMP/P.exp/$D1/pr-only.cli")" = "only on the PR" &&
+    git clone -q --depth 3 "file://$O" "$TMP/shallow" &&
+    expect_error "shallow clone.*unshallow" slim "$TMP/shallow" --force --path "$D1" --export-to "$TMP/shallow.exp" &&
+    test ! -e "$TMP/shallow.exp/MANIFEST"
+'
+
 test_expect_success '--prune-empty never|always and --prune-degenerate never give filter-repo'"'"'s refs' '
     pair never --path "$D1" --path "$D2" --invert-paths --prune-empty never -- --path "$D1" --path "$D2" --prune-empty never &&
     test "$(git -C "$TMP/never.ib" rev-list --all --count)" = "$N_ORIG" &&
