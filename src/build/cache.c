@@ -1,6 +1,7 @@
 #include "build/cache.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/strbuf.h"
 #include "oci/image.h"
 
 #include <dirent.h>
@@ -82,16 +83,80 @@ void ib_cache_chain(char *out, char *const *diff_ids, size_t n)
 
 static char *entry_path(ib_cache *c, const char *key) { return ib_xasprintf("%s/%s", c->entries, ib_digest_hex(key)); }
 
-static int verify_sink(void *ctx, const void *buf, size_t len)
+const char *ib_cache_sniff_layer_mt(const void *head, size_t n)
 {
-    (void)ctx;
-    (void)buf;
-    (void)len;
+    const unsigned char *b = head;
+    if (n >= 2 && b[0] == 0x1f && b[1] == 0x8b) return IB_MT_OCI_LAYER_GZIP;
+    if (n >= 4 && !memcmp(b, "\x28\xb5\x2f\xfd", 4)) return IB_MT_OCI_LAYER_ZSTD;
+    return IB_MT_OCI_LAYER;
+}
+
+/* The checksum an entry carries over its fields and the key it is filed
+ * under. An entry hand-edited, torn by a foreign writer or copied under
+ * another key does not match it, and is never used: its diffID would go
+ * into the image config unchecked (decompressing every hit to recompute
+ * it would cost more than the hit saves). */
+static void entry_check(char *out, const char *key, const char *mt, const char *dg, const char *di, json_int_t size,
+                        const char *created_by)
+{
+    char *t = ib_xasprintf("imgbuild-cache-entry-v1\n%s\n%s\n%s\n%s\n%lld\n%zu:%s\n", key, mt, dg, di,
+                           (long long)size, strlen(created_by), created_by);
+    ib_digest_buf(out, t, strlen(t));
+    free(t);
+}
+
+struct head {
+    unsigned char b[4];
+    size_t n;
+};
+
+static int head_sink(void *ctx, const void *buf, size_t len)
+{
+    struct head *h = ctx;
+    size_t k = len < sizeof h->b - h->n ? len : sizeof h->b - h->n;
+    memcpy(h->b + h->n, buf, k);
+    h->n += k;
     return 0;
 }
 
-int ib_cache_get(ib_layer_result *res, ib_cache *c, const char *key)
+/* NULL when the entry can be used, else what is wrong with it. */
+static const char *entry_damage(ib_cache *c, const char *key, json_t *j, uint64_t *have)
 {
+    if (!json_is_object(j)) return "not valid JSON";
+    const char *dg = json_string_value(json_object_get(j, "digest"));
+    const char *di = json_string_value(json_object_get(j, "diff_id"));
+    const char *mt = json_string_value(json_object_get(j, "mediaType"));
+    const char *cb = json_string_value(json_object_get(j, "created_by"));
+    const char *ck = json_string_value(json_object_get(j, "check"));
+    json_t *sz = json_object_get(j, "size");
+    if (!dg || !di || !mt || !cb || !ib_digest_valid(dg) || !ib_digest_valid(di) || !json_is_integer(sz))
+        return "fields missing";
+    if (!ck) return "no checksum: written by an older imgbuild";
+    char want[IB_DIGEST_STRLEN + 1];
+    entry_check(want, key, mt, dg, di, json_integer_value(sz), cb);
+    if (strcmp(ck, want)) return "checksum mismatch";
+    const char *oci = ib_image_layer_mt_to_oci(mt);
+    if (!oci) return "not a layer media type";
+    /* An uncompressed layer is its own tar: diffID and digest are one. */
+    if (!strcmp(oci, IB_MT_OCI_LAYER) && strcmp(dg, di)) return "diffID differs from the uncompressed layer's digest";
+    if (!ib_store_has_blob(c->s, dg, have)) return "its layer blob is missing";
+    if (*have != (uint64_t)json_integer_value(sz)) return "its layer blob has another size";
+    /* A torn or damaged blob must never be used: hash it before trusting the
+     * entry (the hash pass also shows its first bytes: the compression). */
+    struct head h = {{0}, 0};
+    if (ib_store_stream_blob(c->s, dg, head_sink, &h) < 0) {
+        char *bp = ib_store_blob_path(c->s, dg);
+        unlink(bp);
+        free(bp);
+        return "its layer blob is corrupt";
+    }
+    if (strcmp(ib_cache_sniff_layer_mt(h.b, h.n), oci)) return "its layer blob is not compressed as its media type says";
+    return NULL;
+}
+
+int ib_cache_get(ib_layer_result *res, char **damaged, ib_cache *c, const char *key)
+{
+    if (damaged) *damaged = NULL;
     char *p = entry_path(c, key), *txt;
     int r = ib_fs_read_all(&txt, NULL, p, 1 << 16);
     if (r < 0) {
@@ -100,32 +165,20 @@ int ib_cache_get(ib_layer_result *res, ib_cache *c, const char *key)
     }
     json_t *j = json_loads(txt, 0, NULL);
     free(txt);
-    const char *dg = json_string_value(json_object_get(j, "digest"));
-    const char *di = json_string_value(json_object_get(j, "diff_id"));
-    const char *mt = json_string_value(json_object_get(j, "mediaType"));
-    json_t *sz = json_object_get(j, "size");
     uint64_t have = 0;
-    int ok = dg && di && mt && ib_digest_valid(dg) && ib_digest_valid(di) && json_is_integer(sz) &&
-             ib_store_has_blob(c->s, dg, &have) && have == (uint64_t)json_integer_value(sz) &&
-             ib_image_layer_mt_to_oci(mt);
-    /* A torn or damaged blob must never be used: hash it before trusting the entry. */
-    if (ok && ib_store_stream_blob(c->s, dg, verify_sink, NULL) < 0) {
-        char *bp = ib_store_blob_path(c->s, dg);
-        unlink(bp);
-        free(bp);
-        ok = 0;
-    }
-    if (!ok) {
+    const char *why = entry_damage(c, key, j, &have);
+    if (why) {
         unlink(p);
+        if (damaged) *damaged = ib_xasprintf("the cache entry was damaged (%s) and was removed", why);
         free(p);
         json_decref(j);
         return 0;
     }
     memset(res, 0, sizeof *res);
-    memcpy(res->digest, dg, IB_DIGEST_STRLEN + 1);
-    memcpy(res->diff_id, di, IB_DIGEST_STRLEN + 1);
+    memcpy(res->digest, json_string_value(json_object_get(j, "digest")), IB_DIGEST_STRLEN + 1);
+    memcpy(res->diff_id, json_string_value(json_object_get(j, "diff_id")), IB_DIGEST_STRLEN + 1);
     res->size = have;
-    res->media_type = ib_image_layer_mt_to_oci(mt);
+    res->media_type = ib_image_layer_mt_to_oci(json_string_value(json_object_get(j, "mediaType")));
     utimensat(AT_FDCWD, p, NULL, 0); /* last use, for prune */
     free(p);
     json_decref(j);
@@ -134,8 +187,11 @@ int ib_cache_get(ib_layer_result *res, ib_cache *c, const char *key)
 
 int ib_cache_put(ib_cache *c, const char *key, const ib_layer_result *res, const char *created_by)
 {
-    json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:s}", "mediaType", res->media_type, "digest", res->digest, "diff_id",
-                          res->diff_id, "size", (json_int_t)res->size, "created_by", created_by ? created_by : "");
+    if (!created_by) created_by = "";
+    char ck[IB_DIGEST_STRLEN + 1];
+    entry_check(ck, key, res->media_type, res->digest, res->diff_id, (json_int_t)res->size, created_by);
+    json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s}", "mediaType", res->media_type, "digest", res->digest, "diff_id",
+                          res->diff_id, "size", (json_int_t)res->size, "created_by", created_by, "check", ck);
     char *txt = ib_json_dump(j);
     json_decref(j);
     char *p = entry_path(c, key);
@@ -160,13 +216,81 @@ int ib_cache_record(ib_cache *c, const char *locator, const char *inputs)
     return r;
 }
 
-/* "name value" lines -> finds value for name (first match). */
-static const char *line_value(char **lines, size_t n, const char *name, size_t nl)
+/* The recorded inputs are "name value" lines; some names repeat (argv, src,
+ * bind), so inputs are compared per name as whole lists, never line by line
+ * against the first line that happens to share the name. */
+static int named(const char *line, const char *name)
+{
+    size_t nl = strlen(name);
+    return !strncmp(line, name, nl) && line[nl] == ' ';
+}
+
+/* The values of every line called name, in order, one per line; NULL when
+ * there is none. Caller frees. */
+static char *values(char **lines, size_t n, const char *name)
+{
+    ib_strbuf sb = {0};
+    int any = 0;
+    for (size_t i = 0; i < n; i++)
+        if (named(lines[i], name)) {
+            ib_strbuf_addf(&sb, "%s\n", lines[i] + strlen(name) + 1);
+            any = 1;
+        }
+    if (any && !sb.s) sb.s = ib_xstrdup("");
+    return sb.s;
+}
+
+/* The value of the first line called name (single-valued inputs), or NULL. */
+static const char *value(char **lines, size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++)
-        if (!strncmp(lines[i], name, nl) && lines[i][nl] == ' ') return lines[i] + nl + 1;
+        if (named(lines[i], name)) return lines[i] + strlen(name) + 1;
     return NULL;
 }
+
+/* "src PATH [MODE] ID": a source (COPY/ADD: a file, link or dir with its
+ * mode in the layer; RUN: a variable or a bind mount, without a mode). */
+typedef struct {
+    const char *path;
+    size_t plen;
+    const char *mode; /* 4 octal digits, or NULL */
+    const char *id;
+    const char *line;
+} src_in;
+
+static size_t parse_srcs(src_in **out, char **lines, size_t n)
+{
+    src_in *v = ib_xcalloc(n ? n : 1, sizeof *v);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!named(lines[i], "src")) continue;
+        const char *rest = lines[i] + 4, *sp = strrchr(rest, ' ');
+        if (!sp) continue;
+        src_in *s = &v[k++];
+        s->line = lines[i];
+        s->id = sp + 1;
+        s->path = rest;
+        s->plen = (size_t)(sp - rest);
+        if (s->plen >= 6 && sp[-5] == ' ' && strspn(sp - 4, "01234567") >= 4) {
+            s->mode = sp - 4;
+            s->plen -= 5;
+        }
+    }
+    *out = v;
+    return k;
+}
+
+static int cmp_src(const void *x, const void *y)
+{
+    const src_in *a = x, *b = y;
+    size_t m = a->plen < b->plen ? a->plen : b->plen;
+    int c = memcmp(a->path, b->path, m);
+    if (c) return c;
+    if (a->plen != b->plen) return a->plen < b->plen ? -1 : 1;
+    return strcmp(a->line, b->line);
+}
+
+static int same_path(const src_in *a, const src_in *b) { return a->plen == b->plen && !memcmp(a->path, b->path, a->plen); }
 
 static size_t split_lines(char ***out, char *text)
 {
@@ -191,6 +315,122 @@ static const char *short_id(const char *v)
     return buf[k];
 }
 
+typedef struct {
+    const src_in *was, *now; /* was NULL: added; now NULL: removed */
+} src_change;
+
+static void src_note(ib_strbuf *sb, const src_change *d)
+{
+    const src_in *s = d->now ? d->now : d->was;
+    const char *sep = sb->len ? ", " : "";
+    if (!d->was) ib_strbuf_addf(sb, "%s%.*s added", sep, (int)s->plen, s->path);
+    else if (!d->now) ib_strbuf_addf(sb, "%s%.*s removed", sep, (int)s->plen, s->path);
+    else if (strcmp(d->was->id, d->now->id))
+        ib_strbuf_addf(sb, "%s%.*s changed (%s -> %s)", sep, (int)s->plen, s->path, short_id(d->was->id),
+                       short_id(d->now->id));
+    else ib_strbuf_addf(sb, "%s%.*s mode changed (%.4s -> %.4s)", sep, (int)s->plen, s->path, d->was->mode, d->now->mode);
+}
+
+/* The sources that differ (content, mode, added, removed), at most three
+ * named, changes and additions before removals; NULL when none differ.
+ * Both lists are sorted and merged: a COPY of 100k files stays linear. */
+static char *src_diff(char **a, size_t na, char **b, size_t nb)
+{
+    src_in *sa, *sb;
+    size_t ka = parse_srcs(&sa, a, na), kb = parse_srcs(&sb, b, nb);
+    if (ka) qsort(sa, ka, sizeof *sa, cmp_src);
+    if (kb) qsort(sb, kb, sizeof *sb, cmp_src);
+    src_change *d = ib_xcalloc(ka + kb + 1, sizeof *d);
+    size_t nd = 0;
+    for (size_t i = 0, j = 0; i < ka || j < kb;) {
+        int c = i == ka ? 1 : j == kb ? -1 : cmp_src(&sa[i], &sb[j]);
+        if (c && i < ka && j < kb && same_path(&sa[i], &sb[j])) c = 0; /* same source, other id or mode */
+        if (c < 0) {
+            d[nd++] = (src_change){&sa[i++], NULL};
+        } else if (c > 0) {
+            d[nd++] = (src_change){NULL, &sb[j++]};
+        } else {
+            const src_in *x = &sa[i++], *y = &sb[j++];
+            /* a mode counts when both records have one (older ones do not) */
+            if (strcmp(x->id, y->id) || (x->mode && y->mode && strncmp(x->mode, y->mode, 4)))
+                d[nd++] = (src_change){x, y};
+        }
+    }
+    char *res = NULL;
+    if (nd) {
+        ib_strbuf out = {0};
+        size_t named_n = 0;
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t k = 0; k < nd && named_n < 3; k++)
+                if ((pass == 0) == (d[k].now != NULL)) {
+                    src_note(&out, &d[k]);
+                    named_n++;
+                }
+        if (nd > 3) ib_strbuf_addf(&out, " and %zu more changed", nd - 3);
+        res = out.s;
+    }
+    free(d);
+    free(sa);
+    free(sb);
+    return res;
+}
+
+static void fmt_time(char *out, size_t n, long long t, int date_only)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm)) snprintf(out, n, "%lld", t);
+    else strftime(out, n, date_only ? "%Y-%m-%d" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* "gzip mtime=315532800": the algorithm and the layers' file time, which
+ * only SOURCE_DATE_EPOCH (before 1980) moves. */
+static char *compression_note(const char *ca, const char *cb)
+{
+    size_t la = strcspn(ca, " "), lb = strcspn(cb, " ");
+    if (la != lb || strncmp(ca, cb, la)) return ib_xasprintf("compression changed (%.*s -> %.*s)", (int)la, ca, (int)lb, cb);
+    const char *ma = strstr(ca, "mtime="), *mb = strstr(cb, "mtime=");
+    if (!ma || !mb) return ib_xasprintf("compression changed (%s -> %s)", ca, cb);
+    long long ta = strtoll(ma + 6, NULL, 10), tb = strtoll(mb + 6, NULL, 10);
+    char fa[32], fb[32];
+    int date_only = ta % 86400 == 0 && tb % 86400 == 0;
+    fmt_time(fa, sizeof fa, ta, date_only);
+    fmt_time(fb, sizeof fb, tb, date_only);
+    return ib_xasprintf("SOURCE_DATE_EPOCH changed (layer file times %s -> %s)", fa, fb);
+}
+
+/* RUN's argv ("argv LEN:ARG" lines). With the instruction unchanged, a
+ * different argv is a different SHELL: the words before the command. */
+static char *argv_note(char **a, size_t na, char **b, size_t nb)
+{
+    char *va = values(a, na, "argv"), *vb = values(b, nb, "argv");
+    char *res = NULL;
+    if (va && vb && strcmp(va, vb)) {
+        ib_strbuf sa = {0}, sb = {0};
+        ib_strbuf *bufs[2] = {&sa, &sb};
+        char **lines[2] = {a, b};
+        size_t ns[2] = {na, nb};
+        for (int s = 0; s < 2; s++) {
+            size_t total = 0, k = 0;
+            for (size_t i = 0; i < ns[s]; i++) total += named(lines[s][i], "argv");
+            for (size_t i = 0; i < ns[s]; i++) {
+                if (!named(lines[s][i], "argv") || ++k == total) continue; /* the command itself */
+                const char *w = strchr(lines[s][i] + 5, ':');
+                ib_strbuf_addf(bufs[s], "%s%s", bufs[s]->len ? " " : "", w ? w + 1 : lines[s][i] + 5);
+            }
+        }
+        if (strcmp(sa.s ? sa.s : "", sb.s ? sb.s : ""))
+            res = ib_xasprintf("SHELL changed (%.60s -> %.60s)", sa.s ? sa.s : "", sb.s ? sb.s : "");
+        else
+            res = ib_xstrdup("the command changed");
+        free(sa.s);
+        free(sb.s);
+    }
+    free(va);
+    free(vb);
+    return res;
+}
+
 char *ib_cache_explain(ib_cache *c, const char *locator, const char *inputs)
 {
     char *p = step_path(c, locator), *old;
@@ -200,56 +440,63 @@ char *ib_cache_explain(ib_cache *c, const char *locator, const char *inputs)
     char *now = ib_xstrdup(inputs);
     char **a, **b;
     size_t na = split_lines(&a, old), nb = split_lines(&b, now);
-    char out[600] = "";
-    size_t changed = 0;
-    /* sources: "src <path> <id>" */
-    for (size_t i = 0; i < nb; i++) {
-        if (strncmp(b[i], "src ", 4)) continue;
-        const char *sp = strrchr(b[i], ' ');
-        size_t keylen = (size_t)(sp - b[i]);
-        const char *was = line_value(a, na, b[i], keylen);
-        if (was && !strcmp(was, sp + 1)) continue;
-        if (changed++ < 3) {
-            size_t ol = strlen(out);
-            if (was)
-                snprintf(out + ol, sizeof out - ol, "%s%.*s changed (%s -> %s)", ol ? ", " : "", (int)(keylen - 4),
-                         b[i] + 4, short_id(was), short_id(sp + 1));
-            else
-                snprintf(out + ol, sizeof out - ol, "%s%.*s added", ol ? ", " : "", (int)(keylen - 4), b[i] + 4);
-        }
-    }
-    for (size_t i = 0; i < na; i++) {
-        if (strncmp(a[i], "src ", 4)) continue;
-        const char *sp = strrchr(a[i], ' ');
-        size_t keylen = (size_t)(sp - a[i]);
-        if (line_value(b, nb, a[i], keylen)) continue;
-        if (changed++ < 3) {
-            size_t ol = strlen(out);
-            snprintf(out + ol, sizeof out - ol, "%s%.*s removed", ol ? ", " : "", (int)(keylen - 4), a[i] + 4);
-        }
-    }
-    char *res;
-    if (changed > 3) res = ib_xasprintf("%s and %zu more changed", out, changed - 3);
-    else if (changed) res = ib_xstrdup(out);
-    else {
-        const char *ia = line_value(a, na, "instruction", 11), *ib = line_value(b, nb, "instruction", 11);
-        const char *pa = line_value(a, na, "parent", 6), *pb = line_value(b, nb, "parent", 6);
-        const char *ca = line_value(a, na, "compression", 11), *cb = line_value(b, nb, "compression", 11);
-        const char *other = NULL;
-        /* any other recorded input ("user", "workdir", "network", "argv"...) that differs */
-        for (size_t i = 0; i < nb && !other; i++) {
-            const char *sp = strchr(b[i], ' ');
-            if (!sp) continue;
-            size_t kl = (size_t)(sp - b[i]);
-            const char *was = line_value(a, na, b[i], kl);
-            if (!was || strcmp(was, sp + 1)) other = b[i];
-        }
+    char *res = NULL;
+    const char *ka = value(a, na, "key"), *kb = value(b, nb, "key");
+    /* Same key as the last build, which hit or wrote it: the entry has gone
+     * since (a damaged one is reported by ib_cache_get instead). */
+    if (ka && kb && !strcmp(ka, kb))
+        res = ib_xstrdup("inputs unchanged, but the cached layer was pruned since the last build");
+    if (!res) res = src_diff(a, na, b, nb);
+    if (!res) {
+        const char *ia = value(a, na, "instruction"), *ib = value(b, nb, "instruction");
+        const char *pa = value(a, na, "parent"), *pb = value(b, nb, "parent");
+        const char *ca = value(a, na, "compression"), *cb = value(b, nb, "compression");
         if (ia && ib && strcmp(ia, ib)) res = ib_xasprintf("instruction changed (was: %.80s)", ia);
+        /* before the parent: a new file time changes every layer below too,
+         * and is the cause worth naming on each step */
+        else if (ca && cb && strcmp(ca, cb)) res = compression_note(ca, cb);
         else if (pa && pb && strcmp(pa, pb)) res = ib_xstrdup("an earlier step changed");
-        else if (ca && cb && strcmp(ca, cb)) res = ib_xasprintf("compression changed (%s -> %s)", ca, cb);
-        else if (other) res = ib_xasprintf("%.*s changed", (int)strcspn(other, " "), other);
-        else res = ib_xstrdup("inputs unchanged, but the layer is not in this cache (pruned, --no-cache or a new cache dir)");
     }
+    if (!res) res = argv_note(a, na, b, nb);
+    /* Single-valued inputs, named with both values (USER, WORKDIR, the
+     * network mode; COPY's resolved destination and --chown ids). */
+    static const char *const single[] = {"user", "workdir", "network", "dest", "owner"};
+    for (size_t k = 0; !res && k < sizeof single / sizeof *single; k++) {
+        const char *va = value(a, na, single[k]), *vb = value(b, nb, single[k]);
+        if (!va || !vb || !strcmp(va, vb)) continue;
+        if (!strcmp(single[k], "user")) { /* USER unset is root */
+            va = *va ? va : "root";
+            vb = *vb ? vb : "root";
+        }
+        res = ib_xasprintf("%s changed (%.60s -> %.60s)", single[k], va, vb);
+    }
+    /* Any other input, compared as the list of its values. */
+    static const char *const skip[] = {"src", "key", "entries", "instruction", "parent", "compression", "argv",
+                                       "user", "workdir", "network", "dest", "owner"};
+    for (size_t i = 0; !res && i < nb; i++) {
+        size_t kl = strcspn(b[i], " ");
+        char name[32];
+        if (!b[i][kl] || kl >= sizeof name) continue;
+        memcpy(name, b[i], kl);
+        name[kl] = 0;
+        int skipped = 0;
+        for (size_t k = 0; k < sizeof skip / sizeof *skip && !skipped; k++) skipped = !strcmp(skip[k], name);
+        if (skipped) continue;
+        char *va = values(a, na, name), *vb = values(b, nb, name);
+        if (va && vb && strcmp(va, vb))
+            res = !strcmp(name, "script") ? ib_xstrdup("the heredoc script changed")
+                  : !strcmp(name, "bind") ? ib_xstrdup("bind mounts changed")
+                                          : ib_xasprintf("%s changed", name);
+        free(va);
+        free(vb);
+    }
+    if (!res) {
+        const char *ea = value(a, na, "entries"), *eb = value(b, nb, "entries");
+        if (ea && eb && strcmp(ea, eb))
+            res = ib_xstrdup("the entries it writes changed (owners, modes or parent directories below it)");
+    }
+    if (!res)
+        res = ib_xstrdup("inputs unchanged, but the layer is not in this cache (pruned, --no-cache or a new cache dir)");
     free(a);
     free(b);
     free(old);

@@ -6,7 +6,8 @@
  * Entries live in <cache>/cache/entries/<key-hex> (JSON: the layer
  * descriptor, diffID, the step that made it), written by temp file + rename
  * after the blob itself, so a killed build never leaves an entry pointing at
- * nothing; a hit is verified against its blob's digest before use.
+ * nothing; a hit is verified before use (the entry's own checksum, its
+ * blob's size, digest and compression).
  * Per step, the inputs of the last build are kept (<cache>/cache/steps/) so
  * a miss can say which input changed. */
 #ifndef IB_BUILD_CACHE_H
@@ -28,14 +29,25 @@ void ib_cache_key(char *out, const char *parent_chain, const char *compression, 
 /* "sha256:" digest of a list of diffIDs: a stage's layer chain so far. */
 void ib_cache_chain(char *out, char *const *diff_ids, size_t n);
 
-/* 1 on a verified hit (res filled), 0 on a miss (a damaged entry or blob is
- * removed and counts as a miss), <0 on error. Refreshes the entry's last use. */
-int ib_cache_get(ib_layer_result *res, ib_cache *c, const char *key);
+/* 1 on a verified hit (res filled), 0 on a miss, <0 on error. Refreshes the
+ * entry's last use. Verified: the entry's checksum (over its fields and the
+ * key), its blob's size, digest and compression (magic bytes vs media type);
+ * for uncompressed layers diffID = digest. A damaged entry (or blob) is
+ * removed and counts as a miss; *damaged (may be NULL) then says why, for
+ * the step's note (caller frees; NULL otherwise). */
+int ib_cache_get(ib_layer_result *res, char **damaged, ib_cache *c, const char *key);
+/* Writes the entry (with its checksum) by temp file + rename. */
 int ib_cache_put(ib_cache *c, const char *key, const ib_layer_result *res, const char *created_by);
+/* The OCI layer media type a blob's first bytes show: gzip (1f 8b), zstd
+ * (28 b5 2f fd), else an uncompressed tar. */
+const char *ib_cache_sniff_layer_mt(const void *head, size_t n);
 
-/* Explaining misses: inputs is a text of "name value" lines (the instruction,
- * the parent chain, one line per source). record() stores it for locator;
- * explain() compares with the stored one and returns a short reason (caller frees). */
+/* Explaining misses: inputs is a text of "name value" lines (instruction,
+ * parent, compression, key, entries; "src PATH [MODE] ID" per source;
+ * argv, user, workdir, network, dest, owner, bind...). Names may repeat:
+ * they are compared as lists. record() stores it for locator; explain()
+ * compares with the stored one and returns a short reason naming what
+ * changed, or "pruned" when the key is the one recorded (caller frees). */
 int ib_cache_record(ib_cache *c, const char *locator, const char *inputs);
 char *ib_cache_explain(ib_cache *c, const char *locator, const char *inputs);
 

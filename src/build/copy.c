@@ -277,6 +277,31 @@ static int resolve_dest(char **out, const ib_copy_env *env, const char *abs)
     return 0;
 }
 
+/* One "src PATH MODE ID" line of the step's recorded inputs (what a later
+ * miss is explained from; not the key, which the entries decide). The mode
+ * is the one in the layer, so an exec bit flip is named as such. A newline
+ * in a name would split the line, a space in an id would end it: those are
+ * written as %0A and %20 (and a '%' in an id as %25). */
+static void record_escaped(ib_strbuf *sb, const char *s, const char *special)
+{
+    if (!strpbrk(s, special)) { /* the usual case, one call */
+        ib_strbuf_addf(sb, "%s", s);
+        return;
+    }
+    for (const char *p = s; *p; p++)
+        if (strchr(special, *p)) ib_strbuf_addf(sb, "%%%02X", (unsigned char)*p);
+        else ib_strbuf_addf(sb, "%c", *p);
+}
+
+static void record_src(copier *c, const char *path, const char *suffix, unsigned mode, const char *id)
+{
+    ib_strbuf_addf(&c->inputs, "src ");
+    record_escaped(&c->inputs, *path ? path : ".", "\n");
+    ib_strbuf_addf(&c->inputs, "%s %04o ", suffix, mode & 07777);
+    record_escaped(&c->inputs, id, "\n %");
+    ib_strbuf_addf(&c->inputs, "\n");
+}
+
 static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char *dst)
 {
     ib_layer_entry e = {.path = dst};
@@ -287,6 +312,7 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
     case IB_CT_DIR:
         e.type = IB_LE_DIR;
         e.mode = c->has_chmod ? c->chmod : st->mode;
+        record_src(c, src, "/", e.mode, "dir");
         return ib_layer_add(c->lb, &e);
     case IB_CT_SYMLINK: {
         char *target;
@@ -296,7 +322,9 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
         e.mode = 0777;
         e.link = target;
         r = ib_layer_add(c->lb, &e);
-        ib_strbuf_addf(&c->inputs, "src %s link:%s\n", src, target);
+        char *lid = ib_xasprintf("link:%s", target);
+        record_src(c, src, "", e.mode, lid);
+        free(lid);
         free(target);
         return r;
     }
@@ -312,7 +340,7 @@ static int add_one(copier *c, const char *src, const ib_ctx_stat *st, const char
         e.content = ib_context_read;
         e.content_id = cid;
         r = ib_layer_add(c->lb, &e);
-        ib_strbuf_addf(&c->inputs, "src %s %s\n", src, cid);
+        record_src(c, src, "", e.mode, cid);
         free(cid);
         return r;
     }
@@ -593,7 +621,9 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
                                 .size = strlen(body), .src = body, .content = mem_content, .content_id = hid};
             set_owner(&c, &e, 0, 0);
             r = ib_layer_add(c.lb, &e);
-            ib_strbuf_addf(&c.inputs, "src <<%s %s\n", hd->name, hid);
+            char *hname = ib_xasprintf("<<%s", hd->name);
+            record_src(&c, hname, "", e.mode, hid);
+            free(hname);
             free(dp);
             if (r < 0) goto out;
             nheredoc_src++;
@@ -653,6 +683,10 @@ int ib_copy_run(ib_layer_result *res, const ib_copy_env *env, const ib_df_instr 
             if (r < 0) goto out;
         }
     }
+    /* Where it writes and as whom, after ARG expansion: named when they
+     * change while the instruction text does not (an ARG in the path). */
+    ib_strbuf_addf(&c.inputs, "dest %s\n", rdest);
+    if (env->chown) ib_strbuf_addf(&c.inputs, "owner %u:%u\n", env->uid, env->gid);
     if (env->produce) r = env->produce(env->produce_ctx, c.lb, c.inputs.s ? c.inputs.s : "", res);
     else r = ib_layer_write(res, c.lb, env->store, env->compression, env->threads, env->epoch);
 out:

@@ -129,6 +129,7 @@ typedef struct {
     int64_t epoch;
     char created[32];
     char *tmpdir;
+    int tmplock; /* held while tmpdir is in use: the store's sweep skips it */
     const char *os, *arch;
     /* strings that must outlive layer writes (expanded heredocs) */
     char **keep;
@@ -631,18 +632,25 @@ static char *step_locator(build *b, const stage *st, const ib_df_instr *in)
 }
 
 /* Local cache, then the --cache-from registries. 1 on a hit (*from names the
- * registry it came from, or NULL), 0 on a miss. A registry that cannot be
- * read is a warning, not a failure, and is not asked again in this build. */
-static int cache_lookup(ib_layer_result *res, char **from, build *b, const char *key)
+ * registry it came from, or NULL), 0 on a miss (*damaged says why when the
+ * local entry was damaged and removed, else NULL). A registry that cannot be
+ * read is a warning, not a failure, and is not asked again in this build; a
+ * damaged entry there is a warning too, and only that entry is skipped. */
+static int cache_lookup(ib_layer_result *res, char **from, char **damaged, build *b, const char *key)
 {
     *from = NULL;
+    *damaged = NULL;
     if (b->o->no_cache) return 0;
-    int r = ib_cache_get(res, b->cache, key);
+    int r = ib_cache_get(res, damaged, b->cache, key);
     for (size_t i = 0; r == 0 && i < b->nrfrom; i++) {
         if (!b->rfrom[i]) continue;
         r = ib_remote_cache_get(res, b->rfrom[i], b->store, b->cache, key);
         if (r == 1) {
             *from = ib_xasprintf("from %s", ib_remote_cache_name(b->rfrom[i]));
+        } else if (r == IB_ECORRUPT) {
+            ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (entry ignored)", ib_remote_cache_name(b->rfrom[i]),
+                            ib_error_last());
+            r = 0;
         } else if (r < 0) {
             ib_progress_msg(b->prog, "warning", "--cache-from %s: %s (not asked again in this build)",
                             ib_remote_cache_name(b->rfrom[i]), ib_error_last());
@@ -679,14 +687,21 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
     char comp[64];
     snprintf(comp, sizeof comp, "%s mtime=%lld", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
     ib_cache_key(key, chain, comp, entries);
-    char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%s", sr->in->original, chain, comp, inputs);
+    /* What a later miss is explained from: the inputs, the entries digest
+     * (anything about the files the named inputs miss) and the key itself
+     * (same key, no entry: the layer was pruned). */
+    char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%sentries %s\nkey %s\n", sr->in->original,
+                             chain, comp, inputs, entries, key);
     char *locator = step_locator(b, st, sr->in);
-    int r = cache_lookup(res, &sr->why, b, key);
+    char *damaged = NULL;
+    int r = cache_lookup(res, &sr->why, &damaged, b, key);
     if (r == 1) {
         sr->hit = 1;
         r = 0;
     } else if (r == 0) {
-        sr->why = b->o->no_cache ? ib_xstrdup("--no-cache") : ib_cache_explain(b->cache, locator, all);
+        sr->why = b->o->no_cache ? ib_xstrdup("--no-cache")
+                  : damaged      ? ib_xstrdup(damaged)
+                                 : ib_cache_explain(b->cache, locator, all);
         r = ib_layer_write(res, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
         if (r == 0) r = ib_cache_put(b->cache, key, res, sr->in->original);
     }
@@ -694,6 +709,7 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
         ib_cache_record(b->cache, locator, all);
         remember_export(b, key, res, sr->in->original);
     }
+    free(damaged);
     free(all);
     free(locator);
     return r;
@@ -783,6 +799,70 @@ static int resolve_user(unsigned *uid, unsigned *gid, const char *rootfs, const 
     return r;
 }
 
+/* The groups a RUN gets, as BuildKit sets them (executor/oci/user.go GetUser
+ * over runc's GetExecUser, then ensureAdditionalGids): the primary gid first,
+ * then, when USER names no group, every group of the image's /etc/group that
+ * lists the user's name as a member. An unset USER is uid 0 (BuildKit #2428);
+ * a numeric uid takes the name of its /etc/passwd entry, and one without an
+ * entry has no memberships. *out has at least the primary gid. */
+static void user_groups(unsigned **out, size_t *n, const char *rootfs, const char *spec, unsigned gid)
+{
+    *out = ib_xmalloc(sizeof **out);
+    (*out)[0] = gid;
+    *n = 1;
+    char *u = ib_xstrdup(spec && *spec ? spec : "0"), *g = strchr(u, ':');
+    if (g) *g++ = 0;
+    char *name = NULL, *text = NULL, *p;
+    if (g && *g) goto done; /* an explicit group: no supplementary ones */
+    if (*u && strspn(u, "0123456789") == strlen(u)) {
+        /* the first entry with that uid, compared as numbers as runc does */
+        unsigned long want = strtoul(u, NULL, 10);
+        p = ib_xasprintf("%s/etc/passwd", rootfs);
+        if (ib_fs_read_all(&text, NULL, p, 16 << 20) < 0) text = NULL;
+        free(p);
+        for (char *save = NULL, *line = text ? strtok_r(text, "\n", &save) : NULL; line && !name;
+             line = strtok_r(NULL, "\n", &save)) {
+            char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+            if (c2 && c2[1] >= '0' && c2[1] <= '9' && strtoul(c2 + 1, NULL, 10) == want)
+                name = ib_xstrndup(line, (size_t)(c1 - line));
+        }
+        free(text);
+        text = NULL;
+    } else {
+        name = ib_xstrdup(u);
+    }
+    p = ib_xasprintf("%s/etc/group", rootfs);
+    if (!name || ib_fs_read_all(&text, NULL, p, 16 << 20) < 0) text = NULL;
+    free(p);
+    if (!text) goto done;
+    /* name:password:gid:member,member,... */
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *f[4] = {0}, *q = line;
+        for (int k = 0; k < 4 && q; k++) {
+            f[k] = q;
+            q = strchr(q, ':');
+            if (q) *q++ = 0;
+        }
+        if (!f[3] || !*f[2] || strspn(f[2], "0123456789") != strlen(f[2])) continue;
+        for (char *s2 = NULL, *m = strtok_r(f[3], ",", &s2); m; m = strtok_r(NULL, ",", &s2)) {
+            if (strcmp(m, name)) continue;
+            unsigned id = (unsigned)strtoul(f[2], NULL, 10);
+            int dup = 0;
+            for (size_t i = 0; i < *n; i++) dup |= (*out)[i] == id;
+            if (!dup) {
+                *out = ib_xrealloc(*out, (*n + 1) * sizeof **out);
+                (*out)[(*n)++] = id;
+            }
+            break;
+        }
+    }
+done:
+    ib_error_clear();
+    free(text);
+    free(name);
+    free(u);
+}
+
 static char *passwd_home(const char *rootfs, unsigned uid)
 {
     char *p = ib_xasprintf("%s/etc/passwd", rootfs), *text, *home = NULL;
@@ -806,17 +886,37 @@ static char *passwd_home(const char *rootfs, unsigned uid)
     return home;
 }
 
+/* A RUN's output: streamed as it comes, and its last non-blank lines kept
+ * for a failure, which shows them even with -q (where nothing was streamed):
+ * the last line alone is often "Error: 1" or a blank line. */
+#define RUN_TAIL 10
 typedef struct {
     build *b;
-    char last[512];
+    char tail[RUN_TAIL][512];
+    size_t ntail; /* lines seen; the last one is tail[(ntail - 1) % RUN_TAIL] */
 } run_out;
 
 static int run_line(void *ctx, const char *line)
 {
     run_out *ro = ctx;
     ib_progress_msg(ro->b->prog, "info", "  | %s", line);
-    snprintf(ro->last, sizeof ro->last, "%s", line);
+    if (line[strspn(line, " \t\r\f\v")]) snprintf(ro->tail[ro->ntail++ % RUN_TAIL], sizeof ro->tail[0], "%s", line);
     return 0;
+}
+
+/* The kept lines, before the one-line error (which must stay the last line
+ * and the only one starting "imgbuild:"; hence the "  | " prefix). */
+static void run_tail_show(const run_out *ro, const char *where, const char *cmd)
+{
+    if (!ro->ntail) return;
+    size_t n = ro->ntail < RUN_TAIL ? ro->ntail : RUN_TAIL;
+    ib_progress_msg(ro->b->prog, "output", "------");
+    int cl = (int)strcspn(cmd, "\n"); /* a heredoc's first line names the step well enough */
+    ib_progress_msg(ro->b->prog, "output", " > %s: %.*s%s (last %zu line%s of output):", where, cl > 200 ? 200 : cl, cmd,
+                    cl > 200 ? "..." : "", n, n == 1 ? "" : "s");
+    for (size_t i = ro->ntail - n; i < ro->ntail; i++)
+        ib_progress_msg(ro->b->prog, "output", "  | %s", ro->tail[i % RUN_TAIL]);
+    ib_progress_msg(ro->b->prog, "output", "------");
 }
 
 /* "k=v,k=v" option lists of RUN --mount and --secret. */
@@ -908,6 +1008,10 @@ typedef struct {
     char *target; /* absolute */
     int rw;
     ib_ctx_type type;
+    /* bind_walk's listing (what the key holds) and how far bind_copy has
+     * matched it: the copy the command sees must be what was keyed. */
+    char *walk;
+    size_t walk_len, walk_off;
 } bind_src;
 
 typedef struct {
@@ -921,11 +1025,19 @@ static void bind_list_free(bind_list *bl)
         close_from(&bl->v[i].from);
         free(bl->v[i].src);
         free(bl->v[i].target);
+        free(bl->v[i].walk);
     }
     bl->n = 0;
 }
 
 static int bind_ignored(const bind_src *bs, const char *rel) { return bs->ignore && *rel && ib_ignore_match(bs->ignore, rel); }
+
+/* One entry of a bind source as the key sees it: bind_walk writes these
+ * lines, bind_copy writes them again for what it copies and compares. */
+static void bind_line(ib_strbuf *sb, const char *rel, const ib_ctx_stat *cs, const char *id)
+{
+    ib_strbuf_addf(sb, "%s %d %o %u:%u %s\n", *rel ? rel : ".", (int)cs->type, cs->mode, cs->uid, cs->gid, id);
+}
 
 /* One line per entry below rel (sorted, recursive): what the command can see. */
 static int bind_walk(ib_strbuf *sb, const bind_src *bs, const char *rel)
@@ -945,7 +1057,7 @@ static int bind_walk(ib_strbuf *sb, const bind_src *bs, const char *rel)
         ib_digest_buf(id, t, strlen(t));
         free(t);
     }
-    ib_strbuf_addf(sb, "%s %d %o %u:%u %s\n", *rel ? rel : ".", (int)cs.type, cs.mode, cs.uid, cs.gid, id);
+    bind_line(sb, rel, &cs, id);
     if (cs.type != IB_CT_DIR) return 0;
     char **names = NULL;
     size_t n = 0;
@@ -959,11 +1071,18 @@ static int bind_walk(ib_strbuf *sb, const bind_src *bs, const char *rel)
     return r;
 }
 
-static int copy_sink(void *fd, const void *buf, size_t len)
+struct copy_to {
+    int fd;
+    ib_digester *d; /* hashes the bytes copied; NULL when the id is a git blob id */
+};
+
+static int copy_sink(void *ctx, const void *buf, size_t len)
 {
+    struct copy_to *ct = ctx;
+    if (ct->d) ib_digest_update(ct->d, buf, len);
     const char *p = buf;
     while (len) {
-        ssize_t w = write(*(int *)fd, p, len);
+        ssize_t w = write(ct->fd, p, len);
         if (w < 0 && errno == EINTR) continue;
         if (w < 0) return ib_error_errno(IB_ERR, "bind mount copy");
         p += w;
@@ -972,43 +1091,112 @@ static int copy_sink(void *fd, const void *buf, size_t len)
     return 0;
 }
 
+static int bind_changed(const char *rel)
+{
+    return ib_error_set(IB_ERR, "%s changed while the build read it; build again", *rel ? rel : ".");
+}
+
+/* The path of a bind_line ("PATH TYPE MODE UID:GID ID", ID may be empty). */
+static char *walk_line_path(const char *line, size_t len)
+{
+    size_t end = len, spaces = 0;
+    while (end > 0 && spaces < 4)
+        if (line[--end] == ' ') spaces++;
+    return ib_xstrndup(line, end);
+}
+
+/* Compares one copied entry with the next line of the listing its key was
+ * made from. On a mismatch the entry that changed (or appeared, or went) is
+ * named and nothing is cached: the command must see what the key says. */
+static int bind_check(bind_src *bs, const char *rel, const ib_ctx_stat *cs, const char *id)
+{
+    ib_strbuf l = {0};
+    bind_line(&l, rel, cs, id);
+    const char *want = bs->walk + bs->walk_off;
+    size_t rest = bs->walk_len - bs->walk_off;
+    if (l.len <= rest && !memcmp(want, l.s, l.len)) {
+        bs->walk_off += l.len;
+        free(l.s);
+        return 0;
+    }
+    free(l.s);
+    if (!rest) return bind_changed(rel); /* a new entry after the last one keyed */
+    const char *nl = memchr(want, '\n', rest);
+    char *was = walk_line_path(want, nl ? (size_t)(nl - want) : rest);
+    const char *now = *rel ? rel : ".";
+    /* Listings are sorted: the smaller name is the one added or removed. */
+    int r = bind_changed(strcmp(was, now) < 0 ? was : now);
+    free(was);
+    return r;
+}
+
 /* The mount source is a private copy: the context may be a git tree (no
  * files on disk), and an rw mount must not write into the user's files. */
-static int bind_copy(const bind_src *bs, const char *rel, const char *dst)
+static int bind_copy_tree(bind_src *bs, const char *rel, const char *dst)
 {
     ib_ctx_stat cs;
     int r = ib_context_stat(&cs, bs->ctx, rel);
+    if (r == IB_ENOTFOUND) return bind_changed(rel); /* keyed, then gone */
     if (r < 0) return r;
     if (cs.type == IB_CT_SYMLINK) {
         char *t = NULL;
+        char id[IB_DIGEST_STRLEN + 1];
         if ((r = ib_context_readlink(&t, bs->ctx, rel)) < 0) return r;
-        if (symlink(t, dst) < 0) r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+        ib_digest_buf(id, t, strlen(t));
+        r = bind_check(bs, rel, &cs, id);
+        if (r == 0 && symlink(t, dst) < 0) r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
         free(t);
         return r;
     }
     if (cs.type == IB_CT_FILE) {
-        int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) return ib_error_errno(IB_ERR, "bind mount copy %s", dst);
-        r = ib_context_read(bs->ctx, rel, copy_sink, &fd);
-        if (r == 0 && (fchmod(fd, cs.mode & 07777) < 0 || fchown(fd, cs.uid, cs.gid) < 0) && geteuid() == 0)
+        struct copy_to ct = {open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), NULL};
+        if (ct.fd < 0) return ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+        /* Git blob ids name immutable objects: only files read from disk
+         * (worktree, stages) are hashed again, as they are copied. */
+        char id[IB_DIGEST_STRLEN + 1];
+        if (cs.id[0]) snprintf(id, sizeof id, "git:%s", cs.id);
+        else r = ib_digest_new(&ct.d);
+        if (r == 0) r = ib_context_read(bs->ctx, rel, copy_sink, &ct);
+        if (r == IB_ENOTFOUND) r = bind_changed(rel);
+        if (r == 0 && ct.d) ib_digest_final(id, ct.d);
+        if (r == 0) r = bind_check(bs, rel, &cs, id);
+        if (r == 0 && (fchmod(ct.fd, cs.mode & 07777) < 0 || fchown(ct.fd, cs.uid, cs.gid) < 0) && geteuid() == 0)
             r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
-        close(fd);
+        ib_digest_free(ct.d);
+        close(ct.fd);
         return r;
     }
+    if ((r = bind_check(bs, rel, &cs, "")) < 0) return r;
     if (mkdir(dst, 0700) < 0) return ib_error_errno(IB_ERR, "bind mount copy %s", dst);
     char **names = NULL;
     size_t n = 0;
-    if ((r = ib_context_list(&names, &n, bs->ctx, rel)) < 0) return r;
+    if ((r = ib_context_list(&names, &n, bs->ctx, rel)) < 0) return r == IB_ENOTFOUND ? bind_changed(rel) : r;
     for (size_t i = 0; i < n && r == 0; i++) {
         char *child = *rel ? ib_xasprintf("%s/%s", rel, names[i]) : ib_xstrdup(names[i]);
         char *cdst = ib_xasprintf("%s/%s", dst, names[i]);
-        if (!bind_ignored(bs, child)) r = bind_copy(bs, child, cdst);
+        if (!bind_ignored(bs, child)) r = bind_copy_tree(bs, child, cdst);
         free(child);
         free(cdst);
     }
     ib_context_names_free(names, n);
     if (r == 0 && (chmod(dst, cs.mode & 07777) < 0 || (geteuid() == 0 && chown(dst, cs.uid, cs.gid) < 0)))
         r = ib_error_errno(IB_ERR, "bind mount copy %s", dst);
+    return r;
+}
+
+/* Copies the source to dst and proves the copy is what the key describes:
+ * every entry matched its keyed line, and none of them went missing. */
+static int bind_copy(bind_src *bs, const char *rel, const char *dst)
+{
+    bs->walk_off = 0;
+    int r = bind_copy_tree(bs, rel, dst);
+    if (r == 0 && bs->walk_off != bs->walk_len) {
+        const char *want = bs->walk + bs->walk_off;
+        const char *nl = memchr(want, '\n', bs->walk_len - bs->walk_off);
+        char *was = walk_line_path(want, nl ? (size_t)(nl - want) : bs->walk_len - bs->walk_off);
+        r = bind_changed(was);
+        free(was);
+    }
     return r;
 }
 
@@ -1059,7 +1247,8 @@ static int bind_prepare(bind_list *bl, ib_strbuf *key, build *b, stage *st, cons
             ib_strbuf_addf(key, "src %s%s%s %s\nbind %s -> %s%s\n", *from ? from : "", *from ? ":" : "",
                            *bs->src ? bs->src : ".", dg, *bs->src ? bs->src : ".", bs->target, bs->rw ? " rw" : "");
         }
-        free(walk.s);
+        bs->walk = walk.s; /* bind_copy checks its copy against it */
+        bs->walk_len = walk.len;
         if (r < 0) return r;
     }
     return 0;
@@ -1456,9 +1645,12 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     }
     ib_digest_buf(cmdd, sb.s, sb.len);
     ib_cache_key(key, chain, "run", cmdd);
+    /* The recorded inputs (for explaining a later miss) also name the key:
+     * same key, no entry means the layer was pruned. Added after keying. */
+    ib_strbuf_addf(&sb, "key %s\n", key);
     char *locator = step_locator(b, st, in);
-    char *from = NULL;
-    r = cache_lookup(lr, &from, b, key);
+    char *from = NULL, *damaged = NULL;
+    r = cache_lookup(lr, &from, &damaged, b, key);
     if (from) snprintf(why, whysz, "%s", from);
     free(from);
     if (r == 1) {
@@ -1468,7 +1660,9 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     }
     if (r < 0) goto done;
     {
-        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache") : ib_cache_explain(b->cache, locator, sb.s);
+        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache")
+                       : damaged      ? ib_xstrdup(damaged)
+                                      : ib_cache_explain(b->cache, locator, sb.s);
         snprintf(why, whysz, "rebuilt: %s", reason);
         free(reason);
     }
@@ -1493,7 +1687,7 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         free(scratch);
         goto done;
     }
-    run_out ro = {b, ""};
+    run_out ro = {.b = b};
     run_mounts rm;
     kvlist senv = {0};
     add_proxy_env(&envp, b, &env);
@@ -1538,17 +1732,25 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
         free(scratch);
         goto done;
     }
+    unsigned *groups;
+    size_t ngroups;
+    user_groups(&groups, &ngroups, root, user, gid);
     ib_sandbox_opts so = {.lower = root, .scratch = scratch, .argv = argv, .envp = envp, .workdir = wd, .uid = uid,
-                          .gid = gid, .network_none = net_none, .mounts = rm.m, .nmounts = rm.n,
-                          .output = run_line, .output_ctx = &ro};
+                          .gid = gid, .groups = groups, .ngroups = ngroups, .network_none = net_none, .mounts = rm.m,
+                          .nmounts = rm.n, .output = run_line, .output_ctx = &ro};
     int status = 0, walked = 0;
     char *upper = NULL;
     so.walked = &walked;
     r = ib_sandbox_run(&status, &upper, &so);
+    free(groups);
     run_mounts_free(&rm);
-    if (r == 0 && status != 0)
-        r = ib_error_set(IB_EINVALID, "RUN exited with status %d%s%s", status, ro.last[0] ? "; last output: " : "",
-                         ro.last);
+    if (r == 0 && status != 0) {
+        char where[512];
+        snprintf(where, sizeof where, "%s:%d", b->df_name, in->line);
+        run_tail_show(&ro, where, in->original);
+        const char *last = ro.ntail ? ro.tail[(ro.ntail - 1) % RUN_TAIL] : "";
+        r = ib_error_set(IB_EINVALID, "RUN exited with status %d%s%s", status, *last ? "; last output: " : "", last);
+    }
     if (r == 0) {
         ib_context *uctx = NULL;
         ib_layer_builder *lb = ib_layer_builder_new();
@@ -1567,6 +1769,7 @@ done:
         ib_cache_record(b->cache, locator, sb.s);
         remember_export(b, key, lr, in->original);
     }
+    free(damaged);
     free(locator);
     free(sb.s);
     bind_list_free(&bl);
@@ -2214,6 +2417,7 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
 {
     memset(res, 0, sizeof *res);
     build bb = {0}, *b = &bb;
+    b->tmplock = -1;
     b->o = o;
     b->prog = o->progress;
     const char *ctx_dir = o->context_dir ? o->context_dir : ".";
@@ -2290,13 +2494,9 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     if ((r = check_froms(b)) < 0) goto out;
     if ((r = mark_needed(b, target)) < 0) goto out;
 
-    char *tmpl = ib_xasprintf("%s/tmp/build-XXXXXX", cache);
-    if (!mkdtemp(tmpl)) {
-        r = ib_error_errno(IB_ERR, "mkdtemp %s", tmpl);
-        free(tmpl);
-        goto out;
-    }
-    b->tmpdir = tmpl;
+    /* Locked for the build's life: another build's store sweep must never
+     * remove it, however long a RUN takes. */
+    if ((r = ib_store_scratch_dir(&b->tmpdir, &b->tmplock, b->store, "build-")) < 0) goto out;
 
     for (size_t i = 0; i <= target; i++) {
         if (!b->stages[i].needed) continue;
@@ -2388,7 +2588,8 @@ int ib_build(ib_build_result *res, const ib_build_opts *o)
     struct stat sb;
     if (stat(res->output, &sb) == 0) res->output_size = (uint64_t)sb.st_size;
 out:
-    if (b->tmpdir) discard_dir(b->tmpdir);
+    if (b->tmpdir) discard_dir(b->tmpdir); /* its background removal keeps the lock */
+    if (b->tmplock >= 0) close(b->tmplock);
     free(b->tmpdir);
     for (size_t i = 0; i < b->nstages; i++) stage_free(&b->stages[i]);
     free(b->stages);

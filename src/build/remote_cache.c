@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct ib_remote_cache {
     ib_registry *reg;
@@ -79,6 +80,57 @@ static int fetch_entry(ib_desc *cfg, ib_desc *lay, ib_remote_cache *c, const cha
     return rc;
 }
 
+struct head {
+    unsigned char b[4];
+    size_t n;
+};
+
+static int head_sink(void *ctx, const void *buf, size_t len)
+{
+    struct head *h = ctx;
+    size_t k = len < sizeof h->b - h->n ? len : sizeof h->b - h->n;
+    memcpy(h->b + h->n, buf, k);
+    h->n += k;
+    return 0;
+}
+
+/* Brings an entry's layer blob into the store, verified against its digest
+ * (a local copy too: it may be damaged, and is then fetched again), and
+ * returns its real size and media type. A media type that is not what the
+ * blob's magic bytes show (gzip labelled as plain tar) is refused: the
+ * image would claim a compression its layer does not have. The size in the
+ * manifest is not used: the store's is the verified blob's. */
+static int import_layer(uint64_t *size, const char **mt, ib_remote_cache *c, ib_store *s, const ib_desc *lay,
+                        const char *key)
+{
+    int fetched = 0, rc = 0;
+    struct head h;
+    for (;;) {
+        if (!ib_store_has_blob(s, lay->digest, NULL)) {
+            if ((rc = ib_registry_blob_fetch(c->reg, c->repo, lay->digest, lay->size, s)) < 0) return rc;
+            fetched = 1;
+        }
+        memset(&h, 0, sizeof h);
+        rc = ib_store_stream_blob(s, lay->digest, head_sink, &h);
+        if (rc != IB_ECORRUPT || fetched) break;
+        char *bp = ib_store_blob_path(s, lay->digest);
+        unlink(bp);
+        free(bp);
+    }
+    if (rc < 0) return rc;
+    if (!ib_store_has_blob(s, lay->digest, size)) return ib_error_set(IB_ERR, "blob %s vanished from the store", lay->digest);
+    const char *real = ib_cache_sniff_layer_mt(h.b, h.n);
+    const char *said = ib_image_layer_mt_to_oci(lay->media_type);
+    if (!said || strcmp(said, real))
+        return ib_error_set(IB_ECORRUPT, "cache entry for %.19s labels its layer %s, but the blob is %s (refused)", key,
+                            lay->media_type,
+                            !strcmp(real, IB_MT_OCI_LAYER_GZIP)   ? "gzip-compressed"
+                            : !strcmp(real, IB_MT_OCI_LAYER_ZSTD) ? "zstd-compressed"
+                                                                  : "not compressed");
+    *mt = real;
+    return 0;
+}
+
 int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, ib_cache *local, const char *key)
 {
     char *tag = tag_for(key);
@@ -103,25 +155,38 @@ int ib_remote_cache_get(ib_layer_result *res, ib_remote_cache *c, ib_store *s, i
         if (!diff_id || !ib_digest_valid(diff_id))
             rc = ib_error_set(IB_EINVALID, "%s: cache entry for %.19s has no diffID", c->name, key);
     }
-    /* The layer is verified against its digest on the way in, like any pull. */
-    if (rc == 0 && !ib_store_has_blob(s, lay.digest, NULL))
-        rc = ib_registry_blob_fetch(c->reg, c->repo, lay.digest, lay.size, s);
+    /* Nothing the manifest says about the layer is taken on trust: every
+     * field of the local entry, and later of our image's manifest and
+     * config, comes from the verified blob itself. */
+    uint64_t size = 0;
+    const char *mt = NULL;
+    if (rc == 0) rc = import_layer(&size, &mt, c, s, &lay, key);
     if (rc == 0) {
-        /* The diffID goes into our image config: recompute it, never trust it. */
-        char *bp = ib_store_blob_path(s, lay.digest);
+        /* The diffID goes into our image config: recompute it, never trust it.
+         * An uncompressed layer is its own tar (OCI image-spec config.md). */
         char real[IB_DIGEST_STRLEN + 1];
-        rc = ib_layer_diff_id(real, bp);
-        free(bp);
+        if (!strcmp(mt, IB_MT_OCI_LAYER)) {
+            memcpy(real, lay.digest, sizeof real);
+        } else {
+            char *bp = ib_store_blob_path(s, lay.digest);
+            rc = ib_layer_diff_id(real, bp);
+            free(bp);
+            if (rc < 0) {
+                char *why = ib_xstrdup(ib_error_last());
+                rc = ib_error_set(IB_ECORRUPT, "cache entry for %.19s: %s", key, why);
+                free(why);
+            }
+        }
         if (rc == 0 && strcmp(real, diff_id))
-            rc = ib_error_set(IB_ECORRUPT, "%s: cache entry for %.19s claims diffID %.19s, the layer has %.19s",
-                              c->name, key, diff_id, real);
+            rc = ib_error_set(IB_ECORRUPT, "cache entry for %.19s claims diffID %.19s, the layer has %.19s", key,
+                              diff_id, real);
     }
     if (rc == 0) {
         memset(res, 0, sizeof *res);
         memcpy(res->digest, lay.digest, sizeof res->digest);
         memcpy(res->diff_id, diff_id, IB_DIGEST_STRLEN + 1);
-        res->size = lay.size;
-        res->media_type = ib_image_layer_mt_to_oci(lay.media_type);
+        res->size = size;
+        res->media_type = mt;
         const char *by = json_string_value(json_object_get(json_array_get(json_object_get(cj, "history"), 0), "created_by"));
         rc = ib_cache_put(local, key, res, by ? by : "");
         if (rc == 0) rc = 1;

@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -20,10 +24,20 @@
 #include <unistd.h>
 #include <grp.h>
 
-/* Paths we create in the merged view only to mount over them; when the image
- * had none, they are removed from the upper dir afterwards so they never end
- * up in the layer (Docker's behaviour for its own mount points). */
-static const char *const mountpoints[] = {"proc", "dev", "etc/resolv.conf", "etc/hosts", "etc"};
+/* The paths every RUN gets something mounted over, before its --mount targets. */
+enum { MP_PROC, MP_DEV, MP_SYS, MP_RESOLV, MP_HOSTS, MP_FIXED };
+static const char *const fixed_mp[MP_FIXED] = {"proc", "dev", "sys", "etc/resolv.conf", "etc/hosts"};
+
+/* A mount point, planned before the fork (no malloc after it): the image
+ * path resolved within the image's own tree, and whether the image had it.
+ * What we create only to mount over is removed from the upper dir
+ * afterwards, so it never ends up in the layer (Docker's behaviour for its
+ * own mount points). */
+typedef struct {
+    char *rel;   /* resolved, relative to the root, no symlink in it */
+    int existed; /* the image had it */
+    int skip;    /* not mounted: resolv.conf/hosts that resolve to something we cannot mount a file over */
+} mpoint;
 
 static int write_proc(const char *path, const char *text, int n)
 {
@@ -42,82 +56,186 @@ static void die(int fd, const char *what)
     _exit(125);
 }
 
-static int ensure_file(const char *p)
+/* mkdir -p of root/rel into buf (the last component an empty file when
+ * is_file). Never follows a symlink: rel was resolved in the image before the
+ * fork, so a link here can only come from an earlier mount (a bind of the
+ * context), and before the chroot it would lead to the host's files. Only
+ * creates: opening an existing file of the image for writing would copy it
+ * up into the layer. */
+static int make_path(char *buf, size_t bufsz, const char *root, const char *rel, int is_file)
 {
-    /* Only create: opening an existing lower file for writing would copy it
-     * up into the layer. */
-    struct stat sb;
-    if (stat(p, &sb) == 0) return 0;
-    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    close(fd);
-    return 0;
+    int n = snprintf(buf, bufsz, "%s/%s", root, rel);
+    if (n < 0 || (size_t)n >= bufsz) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *q = buf + strlen(root) + 1;; q++) {
+        if (*q && *q != '/') continue;
+        char c = *q;
+        int last = !c, rc = 0;
+        struct stat sb;
+        *q = 0;
+        if (lstat(buf, &sb) == 0) {
+            if (S_ISLNK(sb.st_mode)) errno = ELOOP, rc = -1;
+            else if (!last && !S_ISDIR(sb.st_mode)) errno = ENOTDIR, rc = -1;
+        } else if (errno != ENOENT) {
+            rc = -1;
+        } else if (last && is_file) {
+            int fd = open(buf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+            if (fd < 0) rc = -1;
+            else close(fd);
+        } else if (mkdir(buf, 0755) < 0) {
+            rc = -1;
+        }
+        *q = c;
+        if (rc < 0 || last) return rc;
+    }
 }
 
-static void bind_dev(const char *merged, const char *name, int errfd)
+/* make_path or die naming the image path (not our scratch path). */
+static void place(char *buf, size_t bufsz, const char *root, const mpoint *m, int is_file, int errfd)
+{
+    if (make_path(buf, bufsz, root, m->rel, is_file) == 0) return;
+    char what[512];
+    snprintf(what, sizeof what, "mount point /%s", m->rel);
+    die(errfd, what);
+}
+
+static void bind_dev(const char *dev, const char *name, int errfd)
 {
     char src[64], dst[4096];
     snprintf(src, sizeof src, "/dev/%s", name);
-    snprintf(dst, sizeof dst, "%s/dev/%s", merged, name);
-    if (ensure_file(dst) < 0 || mount(src, dst, NULL, MS_BIND, NULL) < 0) die(errfd, dst);
+    snprintf(dst, sizeof dst, "%s/%s", dev, name);
+    int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 || close(fd) < 0 || mount(src, dst, NULL, MS_BIND, NULL) < 0) die(errfd, src);
 }
 
-/* pid 1 of the new PID namespace: builds the root and execs the command. */
-static void child(const ib_sandbox_opts *o, const char *merged, const char *resolv, const char *hosts, int errfd)
+/* The /dev runc and containerd give a container (runc setupDevSymlinks, the
+ * containerd default mounts), on a tmpfs so none of it reaches the layer.
+ * What a user namespace may refuse (devpts with gid=5, mqueue, a tmpfs)
+ * degrades to less rather than failing the RUN. */
+static void make_dev(const char *dev, int errfd)
 {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/proc", merged);
-    mkdir(p, 0555);
-    if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die(errfd, "mount /proc");
-    snprintf(p, sizeof p, "%s/dev", merged);
-    mkdir(p, 0755);
-    if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k") < 0) die(errfd, "mount /dev");
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k") < 0) die(errfd, "mount /dev");
     static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
-    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) bind_dev(merged, devs[i], errfd);
-    snprintf(p, sizeof p, "%s/dev/shm", merged);
-    mkdir(p, 01777);
-    snprintf(p, sizeof p, "%s/dev/fd", merged);
-    if (symlink("/proc/self/fd", p) < 0) {}
-    snprintf(p, sizeof p, "%s/etc", merged);
-    mkdir(p, 0755);
-    const char *files[2][2] = {{resolv, "etc/resolv.conf"}, {hosts, "etc/hosts"}};
+    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) bind_dev(dev, devs[i], errfd);
+    /* /dev/stdout etc. are what `echo x > /dev/stderr` in a build script relies on */
+    static const char *const links[][2] = {{"fd", "/proc/self/fd"},         {"stdin", "/proc/self/fd/0"},
+                                           {"stdout", "/proc/self/fd/1"},   {"stderr", "/proc/self/fd/2"},
+                                           {"ptmx", "pts/ptmx"}};
+    char p[4096];
+    for (size_t i = 0; i < sizeof links / sizeof *links; i++) {
+        snprintf(p, sizeof p, "%s/%s", dev, links[i][0]);
+        if (symlink(links[i][1], p) < 0) die(errfd, links[i][0]);
+    }
+    /* A tmpfs of its own, mode 1777 whatever the umask, 64 MiB (containerd's default). */
+    snprintf(p, sizeof p, "%s/shm", dev);
+    if (mkdir(p, 0755) < 0) die(errfd, "/dev/shm");
+    if (mount("shm", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k") < 0) chmod(p, 01777);
+    /* A private devpts instance for ptys (openpty, script, ssh -t). gid=5 is
+     * the tty group; a rootless user namespace does not map it and the
+     * kernel then refuses the option, so try again without. */
+    snprintf(p, sizeof p, "%s/pts", dev);
+    if (mkdir(p, 0755) < 0) die(errfd, "/dev/pts");
+    if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0 &&
+        mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") < 0) {
+        rmdir(p); /* no ptys rather than a /dev/ptmx that leads nowhere */
+        snprintf(p, sizeof p, "%s/ptmx", dev);
+        unlink(p);
+    }
+    snprintf(p, sizeof p, "%s/mqueue", dev);
+    if (mkdir(p, 0755) < 0) die(errfd, "/dev/mqueue");
+    if (mount("mqueue", p, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) rmdir(p);
+}
+
+/* Read-only /sys, as containerd mounts it. A user namespace may mount sysfs
+ * only in a network namespace of its own (--network=none); otherwise the
+ * host's /sys is bound and made read-only, and where even that is refused
+ * the RUN gets an empty /sys rather than a writable one. */
+static void make_sys(const char *sys)
+{
+    if (mount("sysfs", sys, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) return;
+    if (mount("/sys", sys, NULL, MS_BIND | MS_REC, NULL) < 0) return;
+    /* recursive: the host's /sys has submounts (cgroup, securityfs, ...) */
+    struct mount_attr a = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC};
+    if (mount_setattr(AT_FDCWD, sys, AT_RECURSIVE, &a, sizeof a) < 0) umount2(sys, MNT_DETACH);
+}
+
+/* runc brings lo up in a new network namespace: without it, --network=none
+ * would not even have 127.0.0.1 (test servers, local sockets). */
+static int loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    int r = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (r == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        r = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    close(s);
+    return r;
+}
+
+/* pid 1 of the new PID namespace: builds the root and execs the command.
+ * No malloc here: another thread may have held the allocator's lock at fork. */
+static void child(const ib_sandbox_opts *o, const char *merged, const mpoint *mp, const gid_t *groups,
+                  const char *resolv, const char *hosts, int errfd)
+{
+    /* First thing: the mount points and WORKDIR dirs made below, and every
+     * file the command creates, get Docker's umask 022, never the one
+     * imgbuild was started with (a layer must not depend on the builder). */
+    umask(022);
+    char p[4096];
+    if (!mp[MP_PROC].skip) {
+        place(p, sizeof p, merged, &mp[MP_PROC], 0, errfd);
+        if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) die(errfd, "mount /proc");
+    }
+    if (!mp[MP_DEV].skip) {
+        place(p, sizeof p, merged, &mp[MP_DEV], 0, errfd);
+        make_dev(p, errfd);
+    }
+    if (!mp[MP_SYS].skip) {
+        place(p, sizeof p, merged, &mp[MP_SYS], 0, errfd);
+        make_sys(p);
+    }
+    const char *files[2] = {resolv, hosts};
     for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/%s", merged, files[i][1]);
-        if (ensure_file(p) < 0 || mount(files[i][0], p, NULL, MS_BIND, NULL) < 0) die(errfd, p);
+        const mpoint *m = &mp[MP_RESOLV + i];
+        if (m->skip) continue;
+        place(p, sizeof p, merged, m, 1, errfd);
+        if (mount(files[i], p, NULL, MS_BIND, NULL) < 0) die(errfd, fixed_mp[MP_RESOLV + i]);
         /* read-only: a RUN that writes it must not change the host's copy or ours */
         mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
     }
     for (size_t i = 0; i < o->nmounts; i++) {
         const ib_sandbox_mount *m = &o->mounts[i];
-        snprintf(p, sizeof p, "%s/%s", merged, m->target + (m->target[0] == '/'));
-        /* mkdir -p of the target (its parent for a file); no malloc after fork */
-        for (char *q = p + strlen(merged) + 1; *q; q++)
-            if (*q == '/') {
-                *q = 0;
-                mkdir(p, 0755);
-                *q = '/';
-            }
-        if (m->is_file ? ensure_file(p) < 0 : (mkdir(p, 0755) < 0 && errno != EEXIST)) die(errfd, m->target);
+        place(p, sizeof p, merged, &mp[MP_FIXED + i], m->is_file, errfd);
         if (mount(m->source, p, NULL, MS_BIND | MS_REC, NULL) < 0) die(errfd, m->target);
         if (m->readonly) mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
     }
+    if (o->network_none && loopback_up() < 0) die(errfd, "bring up lo in the new network namespace");
     if (sethostname("imgbuild", 8) < 0) {}
-    /* Docker runs commands with umask 022: files a RUN creates must not depend on the builder's umask. */
-    umask(022);
     if (chroot(merged) < 0) die(errfd, "chroot");
     const char *wd = o->workdir && *o->workdir ? o->workdir : "/";
-    /* Docker creates a missing WORKDIR before RUN. */
+    /* A missing WORKDIR is created before the command, owned by the USER
+     * (runc MkdirAllAndChown, BuildKit dispatchWorkdir): a non-root user can
+     * write where it works. Dirs that existed keep their owner. */
     char w[4096];
-    snprintf(w, sizeof w, "%s", wd); /* no malloc after fork: another thread may have held its lock */
-    for (char *s = w + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            mkdir(w, 0755);
-            *s = '/';
-        }
-    mkdir(w, 0755);
+    snprintf(w, sizeof w, "%s", wd);
+    for (char *s = w + 1;; s++) {
+        if (*s && *s != '/') continue;
+        char c = *s;
+        *s = 0;
+        if (mkdir(w, 0755) == 0 && lchown(w, o->uid, o->gid) < 0) die(errfd, "chown WORKDIR");
+        *s = c;
+        if (!c) break;
+    }
     if (chdir(wd) < 0) die(errfd, "chdir WORKDIR");
-    if (setgroups(0, NULL) < 0 && errno != EPERM) die(errfd, "setgroups");
+    /* EPERM: a rootless user namespace has setgroups denied (one uid mapped) */
+    if (setgroups(o->ngroups, groups) < 0 && errno != EPERM) die(errfd, "setgroups");
     if (setgid(o->gid) < 0) die(errfd, "setgid");
     if (setuid(o->uid) < 0) die(errfd, "setuid");
     /* PATH lookup uses the image's PATH, not ours. */
@@ -154,6 +272,110 @@ static int copy_tree(const char *from, const char *to)
     return 0;
 }
 
+/* ib_fs_resolve_links over the unpacked image (ctx): is this prefix a symlink there. */
+static int lower_link(void *ctx, const char *resolved, char **target)
+{
+    char *p = ib_fs_join(ctx, resolved), buf[4096];
+    struct stat sb;
+    int r = 0;
+    if (lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        ssize_t n = readlink(p, buf, sizeof buf - 1);
+        if (n < 0) {
+            r = ib_error_errno(IB_ERR, "readlink %s", p);
+        } else {
+            buf[n] = 0;
+            *target = ib_xstrdup(buf);
+            r = 1;
+        }
+    }
+    free(p);
+    return r;
+}
+
+/* Resolves a mount point as the kernel would inside the chroot: the image's
+ * symlinks followed within the image, ".." stopping at its root, never
+ * anything of the host's. A base whose /etc/resolv.conf links to
+ * ../run/systemd/resolve/stub-resolv.conf, or to an absolute path, gets the
+ * file mounted where the link leads, made there if the link dangles (as
+ * runc resolves mount destinations; BuildKit >= 0.12). resolv.conf and hosts
+ * (want_file) that lead to anything but a file, or nowhere, are left as the
+ * image has them; for a --mount target (!fixed) that is an error. */
+static int plan_mpoint(mpoint *m, const char *lower, const char *path, int want_file, int fixed)
+{
+    int r = ib_fs_resolve_links(&m->rel, path, 1, 40, lower_link, (void *)lower);
+    if (r < 0 || !*m->rel) {
+        if (fixed) {
+            ib_error_clear();
+            m->skip = 1;
+            return 0;
+        }
+        return r < 0 ? r : ib_error_set(IB_EINVALID, "RUN --mount target %s: leads to the image's root", path);
+    }
+    char *lp = ib_fs_join(lower, m->rel);
+    struct stat sb;
+    m->existed = lstat(lp, &sb) == 0;
+    if (want_file && (m->existed ? !S_ISREG(sb.st_mode) : errno != ENOENT)) m->skip = 1;
+    free(lp);
+    return 0;
+}
+
+static int same_xattrs(const char *a, const char *b);
+
+/* overlayfs marks of a dir in the upper dir: "opaque" (replaced) or
+ * "redirect" (renamed); user.* in a rootless (userxattr) mount. */
+static int overlay_marked(const char *path, const char *what)
+{
+    static const char *const ns[] = {"trusted", "user"};
+    for (size_t i = 0; i < 2; i++) {
+        char name[64], v[4];
+        snprintf(name, sizeof name, "%s.overlay.%s", ns[i], what);
+        if (getxattr(path, name, v, sizeof v) >= 0 || errno == ERANGE) return 1; /* ERANGE: set, longer than v */
+    }
+    return 0;
+}
+
+/* A dir of the image that overlayfs copied up only because a mount point was
+ * made (and since removed) in it: same mode, owner and xattrs as in the
+ * image, neither replaced nor renamed. Only its times moved, and a layer's
+ * times are clamped anyway, so the copy carries nothing; left there, every
+ * RUN's layer would list etc/ (no /etc/hosts in the image), root/ (a cache
+ * mount at /root/.cache/pip) or run/ (a secret). BuildKit's MountStubsCleaner
+ * restores the times so that its differ skips such dirs. */
+static int unchanged_dir(const char *up, const char *low)
+{
+    struct stat us, ls;
+    if (lstat(up, &us) < 0 || lstat(low, &ls) < 0 || !S_ISDIR(us.st_mode) || !S_ISDIR(ls.st_mode)) return 0;
+    if ((us.st_mode & 07777) != (ls.st_mode & 07777) || us.st_uid != ls.st_uid || us.st_gid != ls.st_gid) return 0;
+    return !overlay_marked(up, "opaque") && !overlay_marked(up, "redirect") && same_xattrs(up, low);
+}
+
+/* Removes a mount point we made at rel (an empty dir or an empty file), the
+ * parents made for it while empty, and then, from an overlay upper dir, the
+ * image's dirs above it that are empty and unchanged. A walked copy needs no
+ * such care (its diff ignores dir times), and there the image's own dirs must
+ * stay: removing one would turn it into a whiteout. */
+static void unstub(const char *lower, const char *upper, const char *rel, int walk)
+{
+    char *up = ib_fs_join(upper, rel);
+    struct stat sb;
+    int gone = 0;
+    if (lstat(up, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) gone = rmdir(up) == 0; /* only if empty */
+        else if (S_ISREG(sb.st_mode) && sb.st_size == 0) gone = unlink(up) == 0;
+    }
+    free(up);
+    char *t = ib_xstrdup(rel);
+    for (char *slash = strrchr(t, '/'); gone && slash; slash = strrchr(t, '/')) {
+        *slash = '\0';
+        char *low = ib_fs_join(lower, t), *upp = ib_fs_join(upper, t);
+        if (lstat(low, &sb) < 0) gone = lstat(upp, &sb) == 0 && S_ISDIR(sb.st_mode) && rmdir(upp) == 0;
+        else gone = !walk && unchanged_dir(upp, low) && rmdir(upp) == 0;
+        free(low);
+        free(upp);
+    }
+    free(t);
+}
+
 static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int walk)
 {
     /* walk: "upper" is a full copy of lower that the command runs in */
@@ -161,7 +383,9 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
     char *merged = walk ? ib_xstrdup(upper) : ib_xasprintf("%s/merged", o->scratch);
     char *resolv = ib_xasprintf("%s/resolv.conf", o->scratch), *hosts = ib_xasprintf("%s/hosts", o->scratch);
     int r = 0;
-    int *had_m = NULL;
+    mpoint *mp = NULL;
+    size_t nmp = 0;
+    gid_t *gids = NULL;
     struct stat lsb;
     /* The merged root takes the upper root's mode: give it the image's, not our umask's. */
     if (mkdir(upper, 0755) < 0 || (!walk && (mkdir(work, 0700) < 0 || mkdir(merged, 0755) < 0)) ||
@@ -187,18 +411,15 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
         }
         free(rc);
     }
-    int had[sizeof mountpoints / sizeof *mountpoints];
-    for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
-        char *lp = ib_fs_join(o->lower, mountpoints[i]);
-        had[i] = ib_fs_exists(lp);
-        free(lp);
-    }
-    had_m = ib_xcalloc(o->nmounts + 1, sizeof *had_m);
-    for (size_t i = 0; i < o->nmounts; i++) {
-        char *lp = ib_fs_join(o->lower, o->mounts[i].target);
-        had_m[i] = ib_fs_exists(lp);
-        free(lp);
-    }
+    nmp = MP_FIXED + o->nmounts;
+    mp = ib_xcalloc(nmp, sizeof *mp);
+    for (size_t i = 0; r == 0 && i < nmp; i++)
+        r = plan_mpoint(&mp[i], o->lower, i < MP_FIXED ? fixed_mp[i] : o->mounts[i - MP_FIXED].target,
+                        i == MP_RESOLV || i == MP_HOSTS, i < MP_FIXED);
+    if (r < 0) goto out;
+    /* setgroups wants gid_t; converted here, as the child may not malloc */
+    gids = ib_xcalloc(o->ngroups + 1, sizeof *gids);
+    for (size_t i = 0; i < o->ngroups; i++) gids[i] = (gid_t)o->groups[i];
     int out[2], err[2];
     if (pipe2(out, O_CLOEXEC) < 0) {
         r = ib_error_errno(IB_ERR, "pipe");
@@ -259,7 +480,7 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
             dup2(out[1], 2);
             int devnull = open("/dev/null", O_RDONLY);
             if (devnull >= 0) dup2(devnull, 0);
-            child(o, merged, resolv, hosts, err[1]);
+            child(o, merged, mp, gids, resolv, hosts, err[1]);
         }
         int st;
         while (waitpid(init, &st, 0) < 0 && errno == EINTR) {}
@@ -302,44 +523,15 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
         r = ib_error_set(IB_ERR, "%s", emsg);
         goto out;
     }
-    /* Drop the mount points we had to create (empty, not in the image). */
-    for (size_t i = 0; i < o->nmounts; i++) {
-        if (!had_m[i]) {
-            char *up = ib_fs_join(upper, o->mounts[i].target);
-            struct stat sb;
-            if (lstat(up, &sb) == 0) {
-                if (S_ISDIR(sb.st_mode)) rmdir(up);
-                else if (S_ISREG(sb.st_mode) && sb.st_size == 0) unlink(up);
-            }
-            free(up);
-            /* and the parents the mkdir -p made, while empty and not in the image */
-            char *t = ib_xstrdup(o->mounts[i].target);
-            for (char *slash = strrchr(t, '/'); slash && slash != t; slash = strrchr(t, '/')) {
-                *slash = '\0';
-                char *low = ib_fs_join(o->lower, t), *upp = ib_fs_join(upper, t);
-                int in_image = lstat(low, &sb) == 0;
-                int gone = !in_image && lstat(upp, &sb) == 0 && S_ISDIR(sb.st_mode) && rmdir(upp) == 0;
-                free(low);
-                free(upp);
-                if (!gone) break;
-            }
-            free(t);
-        }
-    }
-    for (size_t i = 0; i < sizeof mountpoints / sizeof *mountpoints; i++) {
-        if (had[i]) continue;
-        char *up = ib_fs_join(upper, mountpoints[i]);
-        struct stat sb;
-        if (lstat(up, &sb) == 0) {
-            if (S_ISDIR(sb.st_mode)) rmdir(up); /* only if empty: a RUN may have filled /etc */
-            else if (S_ISREG(sb.st_mode) && sb.st_size == 0) unlink(up);
-        }
-        free(up);
-    }
+    /* Drop what we created only to mount over, and the parents made for it. */
+    for (size_t i = nmp; i-- > 0;)
+        if (!mp[i].existed && !mp[i].skip) unstub(o->lower, upper, mp[i].rel, walk);
     *upper_out = upper;
     upper = NULL;
 out:
-    free(had_m);
+    for (size_t i = 0; i < nmp; i++) free(mp[i].rel);
+    free(mp);
+    free(gids);
     free(upper);
     free(work);
     free(merged);

@@ -1,10 +1,12 @@
 /* RUN without a daemon: the command runs chrooted into an overlayfs view of
  * the stage's root filesystem (lower = the unpacked layers, read-only; upper
  * = a fresh dir that collects every change), in new mount, PID, UTS and IPC
- * namespaces (and network, for --network=none), with a fresh /proc, a
- * minimal /dev and read-only copies of the host's resolv.conf and a hosts
- * file. The upper dir is the snapshot: its cost grows with what the command
- * changed, not with the image size. */
+ * namespaces (and network, for --network=none, with lo up), with a fresh
+ * /proc, a read-only /sys, the /dev a container runtime gives (runc/containerd
+ * defaults: device nodes, fd links, /dev/shm, /dev/pts, /dev/mqueue) and
+ * read-only copies of the host's resolv.conf and a hosts file. The upper dir
+ * is the snapshot: its cost grows with what the command changed, not with the
+ * image size. */
 #ifndef IB_BUILD_SANDBOX_H
 #define IB_BUILD_SANDBOX_H
 
@@ -28,6 +30,10 @@ typedef struct {
     char *const *envp;
     const char *workdir;        /* absolute path inside the image ("/" if NULL) */
     unsigned uid, gid;
+    /* Supplementary groups (setgroups). A rootless run cannot set them: its
+     * user namespace maps one uid and has setgroups denied. */
+    const unsigned *groups;
+    size_t ngroups;
     int network_none;
     const ib_sandbox_mount *mounts;
     size_t nmounts;

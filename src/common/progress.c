@@ -288,7 +288,10 @@ void ib_progress_step_end(ib_progress *p, const char *status, uint64_t layer_siz
 
 void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...)
 {
-    if (p->mode == IB_PROG_QUIET && strcmp(kind, "warning") != 0) return;
+    /* "output" (a failed RUN's last lines) shows even with -q: without it a
+     * quiet build could not say why it failed. */
+    if (p->mode == IB_PROG_QUIET && strcmp(kind, "warning") != 0 && strcmp(kind, "output") != 0) return;
+    int bare = !strcmp(kind, "info") || !strcmp(kind, "output"); /* no "kind: " prefix */
     char buf[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -304,12 +307,12 @@ void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...)
         /* Under the ticker's lock: clear the live line, print, and let the ticker redraw below. */
         pthread_mutex_lock(&p->mu);
         clear_live_locked(p);
-        fprintf(p->out, "%s%s%s\n", strcmp(kind, "info") ? kind : "", strcmp(kind, "info") ? ": " : "", buf);
+        fprintf(p->out, "%s%s%s\n", bare ? "" : kind, bare ? "" : ": ", buf);
         if (p->step_active || p->nbars) draw_live_locked(p);
         fflush(p->out);
         pthread_mutex_unlock(&p->mu);
     } else {
-        fprintf(p->out, "%s%s%s\n", strcmp(kind, "info") ? kind : "", strcmp(kind, "info") ? ": " : "", buf);
+        fprintf(p->out, "%s%s%s\n", bare ? "" : kind, bare ? "" : ": ", buf);
     }
     fflush(p->out);
 }

@@ -25,7 +25,9 @@ void ib_progress_step_begin(ib_progress *p, const char *stage, int n, int total,
  * note (may be NULL) explains, e.g. why a cache entry missed. */
 void ib_progress_step_end(ib_progress *p, const char *status, uint64_t layer_size, const char *digest,
                           const char *note);
-/* A free-form message (warnings, summaries); kind e.g. "warning", "info". */
+/* A free-form message (warnings, summaries); kind e.g. "warning", "info".
+ * "info" and "output" print bare, others as "kind: message"; in quiet mode
+ * only "warning" and "output" (a failed command's last lines) print. */
 void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* A transfer in flight (a blob being pushed or pulled): a bar in the live
  * area on a terminal, a "progress" event per tenth in JSON mode, nothing in

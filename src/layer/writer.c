@@ -166,13 +166,19 @@ struct data_ctx {
     uint64_t written;
     uint64_t want;
     const char *path;
+    ib_digester *check; /* hashes what goes into the tar, when the key holds a sha256 of it */
 };
+
+static int changed_while_read(const char *path)
+{
+    return ib_error_set(IB_ERR, "%s changed while the build read it; build again", path);
+}
 
 static int data_sink(void *ctx, const void *buf, size_t len)
 {
     struct data_ctx *d = ctx;
-    if (d->written + len > d->want)
-        return ib_error_set(IB_ERR, "%s changed size while being read", d->path);
+    if (d->written + len > d->want) return changed_while_read(d->path);
+    if (d->check) ib_digest_update(d->check, buf, len);
     if (archive_write_data(d->a, buf, len) != (la_ssize_t)len)
         return ib_error_set(IB_ERR, "layer tar: %s", archive_error_string(d->a));
     d->written += len;
@@ -225,10 +231,24 @@ static int write_entry(struct archive *a, struct archive_entry *ae, const entry 
     if (archive_write_header(a, ae) != ARCHIVE_OK)
         return ib_error_set(IB_ERR, "layer tar: %s: %s", e->path, archive_error_string(a));
     if (e->type == IB_LE_FILE && e->size > 0 && !e->hardlink) {
-        struct data_ctx d = {a, 0, e->size, e->src_path ? e->src_path : e->path};
-        int r = e->content(e->src, e->src_path, data_sink, &d);
+        struct data_ctx d = {a, 0, e->size, e->src_path ? e->src_path : e->path, NULL};
+        /* The cache key was computed from a sha256 of the bytes read earlier
+         * (worktree files, other stages, archives): the bytes that go into the
+         * layer must be those, or a file edited during the build would leave
+         * an entry whose key names content its layer does not hold (BuildKit
+         * keys on the same bytes it copies). Git blob ids name immutable
+         * objects, so commit builds pay nothing here. */
+        int r = 0;
+        if (e->content_id && !strncmp(e->content_id, "sha256:", 7)) r = ib_digest_new(&d.check);
+        if (r == 0) r = e->content(e->src, e->src_path, data_sink, &d);
+        if (r == 0 && d.written != e->size) r = changed_while_read(d.path);
+        if (r == 0 && d.check) {
+            char got[IB_DIGEST_STRLEN + 1];
+            ib_digest_final(got, d.check);
+            if (strcmp(got, e->content_id)) r = changed_while_read(d.path);
+        }
+        ib_digest_free(d.check);
         if (r < 0) return r;
-        if (d.written != e->size) return ib_error_set(IB_ERR, "%s changed size while being read", d.path);
     }
     return 0;
 }

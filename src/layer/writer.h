@@ -25,7 +25,10 @@ typedef struct {
     unsigned uid, gid;
     uint64_t size;        /* files */
     const char *link;     /* symlink target */
-    const char *content_id; /* files: "git:<oid>" or "sha256:<hex>" of the bytes (cache keys) */
+    /* files: "git:<oid>" or "sha256:<hex>" of the bytes (cache keys). A
+     * sha256 id is checked against the bytes the content fn streams: a
+     * mismatch fails the write ("PATH changed while the build read it"). */
+    const char *content_id;
     void *src;            /* files: passed to the content fn */
     const char *src_path;
     ib_layer_content_fn content;

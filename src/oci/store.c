@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,8 +38,16 @@ char *ib_store_default_dir(void)
     return ib_xasprintf("%s/.cache/imgbuild", home);
 }
 
+/* The lock file inside a scratch dir (ib_store_scratch_dir). */
+#define SCRATCH_LOCK ".lock"
+
 /* A killed build leaves its temp files in tmp/ (never under a blob name).
- * Sweep what is a day old: old enough that no running build still owns it. */
+ * A scratch dir with a lock file is removed exactly when its lock can be
+ * taken: its build (or the background removal of a finished one, which
+ * inherits the lock) is gone, whatever the dir's age; a RUN that takes days
+ * keeps its dir. Anything else (temp blob files, dirs of older imgbuild
+ * versions, a dir whose lock file is being created) is swept when a day
+ * old, as before. */
 static void sweep_tmp(const char *tmp)
 {
     DIR *d = opendir(tmp);
@@ -49,12 +58,66 @@ static void sweep_tmp(const char *tmp)
         if (de->d_name[0] == '.') continue;
         char *p = ib_xasprintf("%s/%s", tmp, de->d_name);
         struct stat st;
+        if (lstat(p, &st) < 0) {
+            free(p);
+            continue;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            char *lp = ib_xasprintf("%s/" SCRATCH_LOCK, p);
+            int fd = open(lp, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+            free(lp);
+            if (fd >= 0) {
+                /* held while removing, so a creator racing us sees its dir go (see below) */
+                if (flock(fd, LOCK_EX | LOCK_NB) == 0) ib_fs_rm_rf(p);
+                close(fd);
+                free(p);
+                continue;
+            }
+        }
         /* trash-*: a finished build's scratch whose background removal was cut short */
-        if (lstat(p, &st) == 0 && (now - st.st_mtime > 24 * 3600 || (!strncmp(de->d_name, "trash", 5) && now - st.st_mtime > 600)))
+        if (now - st.st_mtime > 24 * 3600 || (!strncmp(de->d_name, "trash", 5) && now - st.st_mtime > 600))
             ib_fs_rm_rf(p);
         free(p);
     }
     closedir(d);
+}
+
+int ib_store_scratch_dir(char **out, int *lockfd, ib_store *s, const char *prefix)
+{
+    *out = NULL;
+    *lockfd = -1;
+    for (int tries = 0; tries < 16; tries++) {
+        char *p = ib_xasprintf("%s/%sXXXXXX", s->tmp, prefix);
+        if (!mkdtemp(p)) {
+            int r = ib_error_errno(IB_ERR, "mkdtemp %s", p);
+            free(p);
+            return r;
+        }
+        char *lp = ib_xasprintf("%s/" SCRATCH_LOCK, p);
+        int fd = open(lp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        int r = fd < 0 ? ib_error_errno(IB_ERR, "%s", lp) : 0;
+        while (r == 0 && flock(fd, LOCK_EX) < 0)
+            if (errno != EINTR) r = ib_error_errno(IB_ERR, "lock %s", lp);
+        /* Between open and flock, a sweep in another process can take the
+         * lock of this brand-new dir and remove it: then the file we locked
+         * is no longer the one at lp, and we start over. */
+        struct stat a, b;
+        int ours = r == 0 && fstat(fd, &a) == 0 && stat(lp, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+        free(lp);
+        if (ours) {
+            *out = p;
+            *lockfd = fd;
+            return 0;
+        }
+        if (fd >= 0) close(fd);
+        if (r < 0) {
+            ib_fs_rm_rf(p);
+            free(p);
+            return r;
+        }
+        free(p);
+    }
+    return ib_error_set(IB_ERR, "%s: cannot create a scratch dir (removed again as it was made)", s->tmp);
 }
 
 int ib_store_open(ib_store **out, const char *dir)

@@ -22,6 +22,14 @@ const char *ib_store_dir(const ib_store *s);
 /* Default cache dir: $IMGBUILD_CACHE, else $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild. Caller frees. */
 char *ib_store_default_dir(void);
 
+/* A scratch dir for one build, <dir>/tmp/<prefix>XXXXXX (*path, caller
+ * frees), holding a lock file that *lockfd keeps locked (flock LOCK_EX)
+ * until it is closed: keep it open for as long as the dir is in use. The
+ * sweep in ib_store_open removes such a dir only when it can take that lock,
+ * never because of its age, so a build that runs for days keeps it. A child
+ * forked without exec (a background removal) inherits the lock. */
+int ib_store_scratch_dir(char **path, int *lockfd, ib_store *s, const char *prefix);
+
 /* Path of a blob (may not exist). Caller frees. */
 char *ib_store_blob_path(const ib_store *s, const char *digest);
 /* 1 if present (size in *size), 0 if not. Presence is not verification. */

@@ -81,6 +81,48 @@ test_expect_success 'a damaged cached layer is detected and rebuilt, never used'
     test "$(digest_of "$TMP/e.tar")" = "$(digest_of "$TMP/c.tar")"
 '
 
+test_expect_success 'a damaged cache entry (edited diffID, no checksum) is removed and the step rebuilt, saying why' '
+    L=$(layer "$TMP/c.tar" 0) && set -- $(grep -l "\"$L\"" "$IMGBUILD_CACHE"/cache/entries/*) && test $# = 1 &&
+    edit() { python3 -c "import json,sys;j=json.load(open(sys.argv[1]));exec(sys.argv[2]);json.dump(j,open(sys.argv[1],\"w\"))" "$1" "$2"; } &&
+    edit "$1" "j[\"diff_id\"]=\"sha256:\"+\"0\"*64" &&
+    build "$TMP/f.tar" &&
+    grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +BUILT .*rebuilt: the cache entry was damaged \(checksum mismatch\) and was removed$" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/f.tar")" = "$(digest_of "$TMP/c.tar")" && grep -q "\"check\"" "$1" &&
+    edit "$1" "del j[\"check\"]" &&
+    build "$TMP/f.tar" &&
+    grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +BUILT .*damaged \(no checksum: written by an older imgbuild\)" "$TMP/last.err" &&
+    build "$TMP/f.tar" && grep -qE "COPY requirements.txt uv.lock pyproject.toml /app/ +CACHED" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/f.tar")" = "$(digest_of "$TMP/c.tar")"
+'
+
+test_expect_success '--worktree: a file rewritten during the build fails the step, never poisons the cache' '
+    # z flips between AAAA and BBBB while 8 builds (each with its own cache
+    # dir) hash it for the key and read it again for the layer, big.bin
+    # (written in between) widening the window. A build may fail with the
+    # one-line error and no entry; a build that succeeds must have cached
+    # a layer that holds what its key says: a later hit equals a cold build.
+    F=$TMP/flip && new_repo "$F" && head -c 8000000 /dev/urandom >"$F/big.bin" &&
+    printf "FROM scratch\nCOPY big.bin z /w/\n" >"$F/Dockerfile" &&
+    printf AAAA >"$TMP/A" && printf BBBB >"$TMP/B" && cp "$TMP/A" "$F/z" && commit_all "$F" flip &&
+    { while :; do cp "$TMP/B" "$TMP/z.n"; mv -f "$TMP/z.n" "$F/z"; cp "$TMP/A" "$TMP/z.n"; mv -f "$TMP/z.n" "$F/z"; done & } &&
+    flipper=$! && ok="" && bad=0 &&
+    for i in 1 2 3 4 5 6 7 8; do
+        if (cd "$F" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar" >/dev/null); then ok="$ok $i"
+        elif tail -n 1 "$TMP/last.err" | grep -qE "^imgbuild: error: Dockerfile:2: COPY: z changed while the build read it; build again$" &&
+             test -z "$(ls "$TMP/flip-$i/cache/entries")"; then :
+        else bad=1; fi
+    done
+    { kill $flipper; wait $flipper 2>/dev/null || true; } && test $bad = 0 &&
+    for v in A B; do
+        cp "$TMP/$v" "$F/z" &&
+        cold=$(cd "$F" && IMGBUILD_CACHE="$TMP/flip-cold-$v" ib --worktree -q -o "$TMP/flip.tar") &&
+        for i in $ok; do
+            d=$(cd "$F" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar") &&
+            { test "$d" = "$cold" || { echo "cache $i holds a stale layer for $v"; exit 1; }; }
+        done
+    done
+'
+
 test_expect_success 'concurrent builds of two commits into one cache dir' '
     export IMGBUILD_CACHE="$TMP/shared" &&
     old=$(git -C "$R" rev-parse HEAD~1) &&
@@ -122,6 +164,23 @@ test_expect_success 'cache ls / du / prune keep what they should' '
     ib inspect "$name" >/dev/null &&
     (cd "$R" && ib -q -o "$TMP/after.tar" >/dev/null) && test "$(digest_of "$TMP/after.tar")" = "$(digest_of "$TMP/c.tar")" &&
     rc=0; ib cache prune --older-than soon || rc=$?; test $rc = 2
+'
+
+test_expect_success 'rebuilt notes name what changed: an exec bit, a pruned entry, SOURCE_DATE_EPOCH' '
+    E=$TMP/explain && new_repo "$E" && mkdir -p "$E/app" && for f in a b c; do echo "$f" >"$E/app/$f.py"; done &&
+    echo "#!/bin/sh" >"$E/run.sh" && printf "FROM scratch\nCOPY app/ run.sh /srv/\nCOPY run.sh /bin/run\n" >"$E/Dockerfile" &&
+    commit_all "$E" e && export IMGBUILD_CACHE="$TMP/explain-cache" &&
+    (cd "$E" && ib -o "$TMP/x1.tar" --progress plain >/dev/null) &&
+    chmod +x "$E/run.sh" "$E/app/b.py" && commit_all "$E" exec &&
+    (cd "$E" && ib -o "$TMP/x2.tar" --progress plain >/dev/null) &&
+    grep -qE "COPY app/ run.sh /srv/ +BUILT .*rebuilt: app/b.py mode changed \(0644 -> 0755\), run.sh mode changed \(0644 -> 0755\)$" "$TMP/last.err" &&
+    grep -qE "COPY run.sh /bin/run +BUILT .*rebuilt: run.sh mode changed \(0644 -> 0755\)$" "$TMP/last.err" &&
+    L=$(layer "$TMP/x2.tar" 0) && rm "$(grep -l "\"$L\"" "$IMGBUILD_CACHE"/cache/entries/*)" &&
+    (cd "$E" && ib -o "$TMP/x3.tar" --progress plain >/dev/null) &&
+    grep -qE "COPY app/ run.sh /srv/ +BUILT .*rebuilt: inputs unchanged, but the cached layer was pruned since the last build$" "$TMP/last.err" &&
+    grep -qE "COPY run.sh /bin/run +CACHED" "$TMP/last.err" &&
+    (cd "$E" && SOURCE_DATE_EPOCH=0 ib -o "$TMP/x4.tar" --progress plain >/dev/null) &&
+    test "$(grep -c "rebuilt: SOURCE_DATE_EPOCH changed (layer file times 1980-01-01 -> 1970-01-01)$" "$TMP/last.err")" = 2
 '
 
 test_done

@@ -71,6 +71,52 @@ test_expect_success 'the lock file content keys the RUN: unrelated commit CACHED
     test "$(cat "$TMP/c/rootfs/deps.sha")" = "$(git -C "$R" show HEAD:uv.lock HEAD:pyproject.toml | sha256sum)"
 '
 
+test_expect_success '--worktree: a bound file rewritten during the build fails the RUN, never poisons the cache' '
+    # As in t0008 for COPY: z flips between AAAA and BBBB while it is hashed
+    # for the key and copied for the mount (after big.bin). A RUN that
+    # succeeded must have seen what its key says: a later hit equals a cold build.
+    F=$TMP/flip && new_repo "$F" && head -c 8000000 /dev/urandom >"$F/big.bin" &&
+    printf "FROM %s\nRUN --mount=type=bind,target=/m cat /m/z > /got\n" "$BASE" >"$F/Dockerfile" &&
+    printf AAAA >"$TMP/A" && printf BBBB >"$TMP/B" && cp "$TMP/A" "$F/z" && commit_all "$F" flip &&
+    { while :; do cp "$TMP/B" "$TMP/z.n"; mv -f "$TMP/z.n" "$F/z"; cp "$TMP/A" "$TMP/z.n"; mv -f "$TMP/z.n" "$F/z"; done & } &&
+    flipper=$! && ok="" && bad=0 &&
+    for i in 1 2 3 4 5 6 7 8; do
+        IMGBUILD_CACHE="$TMP/flip-$i" ib load "$TMP/bb.tar" >/dev/null &&
+        n0=$(ls "$TMP/flip-$i/cache/entries" | wc -l) &&
+        if (cd "$F" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar" >/dev/null); then ok="$ok $i"
+        elif tail -n 1 "$TMP/last.err" | grep -qE "^imgbuild: error: Dockerfile:2: .*z changed while the build read it; build again$" &&
+             test "$(ls "$TMP/flip-$i/cache/entries" | wc -l)" = "$n0"; then :
+        else bad=1; fi
+    done
+    { kill $flipper; wait $flipper 2>/dev/null || true; } && test $bad = 0 &&
+    for v in A B; do
+        cp "$TMP/$v" "$F/z" &&
+        IMGBUILD_CACHE="$TMP/flip-cold-$v" ib load "$TMP/bb.tar" >/dev/null &&
+        cold=$(cd "$F" && IMGBUILD_CACHE="$TMP/flip-cold-$v" ib --worktree -q -o "$TMP/flip.tar") &&
+        for i in $ok; do
+            d=$(cd "$F" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar") &&
+            { test "$d" = "$cold" || { echo "cache $i holds a stale layer for $v"; exit 1; }; }
+        done
+    done
+'
+
+test_expect_success 'a running build keeps its scratch dir when another process sweeps tmp/, however old it looks' '
+    # The sweep at store open used to remove tmp/build-* dirs by mtime alone
+    # (a day): a RUN longer than that, or a touched dir, lost its scratch.
+    S=$TMP/slow && new_repo "$S" && echo data >"$S/d" &&
+    printf "FROM %s\nRUN --mount=type=bind,source=d,target=/d sleep 3 && cat /d > /got\n" "$BASE" >"$S/Dockerfile" &&
+    commit_all "$S" slow &&
+    export IMGBUILD_CACHE="$TMP/sweep" && ib load "$TMP/bb.tar" >/dev/null &&
+    { (cd "$S" && exec "$IMGBUILD" -q -o "$TMP/slow.tar" >"$TMP/slow.out" 2>"$TMP/slow.err") & } && pid=$! &&
+    for i in $(seq 1 50); do ls -d "$IMGBUILD_CACHE"/tmp/build-*/run-* >/dev/null 2>&1 && break; sleep 0.1; done &&
+    touch -d "3 days ago" "$IMGBUILD_CACHE"/tmp/build-* &&
+    ib cache ls >/dev/null && ib cache du >/dev/null || { kill $pid; exit 1; }
+    rc=0; wait $pid || rc=$?
+    cat "$TMP/slow.err" && test $rc = 0 &&
+    unpack_image "$TMP/slow.tar" "$TMP/slow" && test "$(cat "$TMP/slow/rootfs/got")" = data &&
+    sleep 1 && ib cache ls >/dev/null && test -z "$(ls "$IMGBUILD_CACHE/tmp" | grep "^build-")"
+'
+
 test_expect_success 'a read-only bind cannot be written; the failing RUN names its line' '
     printf "FROM %s\nRUN --mount=type=bind,source=src,target=/src touch /src/x\n" "$BASE" >"$R/Dockerfile.ro" &&
     commit_all "$R" ro &&
@@ -88,6 +134,24 @@ test_expect_success 'a missing, ignored or escaping source is a one-line error n
     (cd "$R" && expect_error "Dockerfile.m3:2: .*not found" -f Dockerfile.m3 -o "$TMP/m.tar") &&
     (cd "$R" && expect_error "Dockerfile.m4:2: .*target=" -f Dockerfile.m4 -o "$TMP/m.tar") &&
     test ! -e "$TMP/m.tar"
+'
+
+test_expect_success 'a rebuilt RUN names what changed: USER, WORKDIR, SHELL, a pruned entry' '
+    N=$TMP/notes && new_repo "$N" &&
+    printf "FROM %s\nUSER root\nWORKDIR /\nSHELL [\"/bin/sh\", \"-c\"]\nRUN echo hi\n" "$BASE" >"$N/Dockerfile" &&
+    commit_all "$N" n && export IMGBUILD_CACHE="$TMP/notes-cache" && ib load "$TMP/bb.tar" >/dev/null &&
+    step() { (cd "$N" && ib -o "$TMP/n.tar" --progress plain >/dev/null) && grep -E "RUN echo hi " "$TMP/last.err"; } &&
+    step | grep -q "BUILT" &&
+    sed -i "s/^USER root/USER app/" "$N/Dockerfile" && commit_all "$N" user &&
+    step | grep -qE "BUILT .*rebuilt: user changed \(root -> app\)$" &&
+    sed -i "s|^WORKDIR /$|WORKDIR /tmp|" "$N/Dockerfile" && commit_all "$N" wd &&
+    step | grep -qE "BUILT .*rebuilt: workdir changed \(/ -> /tmp\)$" &&
+    sed -i "s/\"-c\"/\"-ec\"/" "$N/Dockerfile" && commit_all "$N" shell &&
+    step | grep -qE "BUILT .*rebuilt: SHELL changed \(/bin/sh -c -> /bin/sh -ec\)$" &&
+    step | grep -q "CACHED" &&
+    L=$(skopeo inspect --raw oci-archive:"$TMP/n.tar" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][-1][\"digest\"])") &&
+    grep -l "\"$L\"" "$IMGBUILD_CACHE"/cache/entries/* | xargs rm &&
+    step | grep -qE "BUILT .*rebuilt: inputs unchanged, but the cached layer was pruned since the last build$"
 '
 
 test_done

@@ -59,6 +59,35 @@ test_expect_success 'RUN layers travel through the registry cache too' '
     test "$(digest_of "$TMP/w2.tar")" = "$(digest_of "$TMP/w1.tar")"
 '
 
+test_expect_success 'an entry whose manifest lies about its layer: the size comes from the blob, a wrong media type is refused' '
+    T=$TMP/tamper && new_repo "$T" && echo hello >"$T/f" && printf "FROM scratch\nCOPY f /f\n" >"$T/Dockerfile" &&
+    commit_all "$T" t &&
+    export IMGBUILD_CACHE="$TMP/runner-t" &&
+    (cd "$T" && ib --plain-http --cache-to "$P_HOST/wepp/tamper" -o "$TMP/t0.tar" >/dev/null) &&
+    tag=$(registry_curl P "$P_URL/v2/wepp/tamper/tags/list" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"tags\"][0])") &&
+    registry_curl P -H "Accept: application/vnd.oci.image.manifest.v1+json" "$P_URL/v2/wepp/tamper/manifests/$tag" >"$TMP/m.json" &&
+    lie() { python3 -c "import json,sys;m=json.load(open(sys.argv[1]));exec(sys.argv[2]);json.dump(m,open(sys.argv[3],\"w\"))" "$TMP/m.json" "$1" "$TMP/lie.json" &&
+            registry_curl P -o /dev/null -X PUT -H "Content-Type: application/vnd.oci.image.manifest.v1+json" \
+                --data-binary @"$TMP/lie.json" "$P_URL/v2/wepp/tamper/manifests/$tag"; } &&
+    size_of() { skopeo inspect --raw oci-archive:"$1" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][0][\"size\"])"; } &&
+    lie "m[\"layers\"][0][\"size\"]+=7" &&
+    for run in local remote; do
+        export IMGBUILD_CACHE="$TMP/runner-t-$run" &&
+        if [ $run = local ]; then ib load "$TMP/t0.tar" >/dev/null; fi &&
+        (cd "$T" && ib --plain-http --cache-from "$P_HOST/wepp/tamper" -o "$TMP/t1.tar" --progress plain >/dev/null) &&
+        grep -qE "COPY f /f +CACHED .*from $P_HOST/wepp/tamper" "$TMP/last.err" &&
+        test "$(digest_of "$TMP/t1.tar")" = "$(digest_of "$TMP/t0.tar")" &&
+        test "$(size_of "$TMP/t1.tar")" = "$(size_of "$TMP/t0.tar")" || exit 1
+    done &&
+    lie "m[\"layers\"][0][\"mediaType\"]=\"application/vnd.oci.image.layer.v1.tar\"" &&
+    export IMGBUILD_CACHE="$TMP/runner-t-mt" &&
+    (cd "$T" && ib --plain-http --cache-from "$P_HOST/wepp/tamper" -o "$TMP/t2.tar" --progress plain >/dev/null) &&
+    grep -q "warning: --cache-from $P_HOST/wepp/tamper: cache entry for sha256:[0-9a-f]* labels its layer application/vnd.oci.image.layer.v1.tar, but the blob is gzip-compressed (refused)" "$TMP/last.err" &&
+    grep -qE "COPY f /f +BUILT" "$TMP/last.err" &&
+    test "$(digest_of "$TMP/t2.tar")" = "$(digest_of "$TMP/t0.tar")" &&
+    unpack_image "$TMP/t2.tar" "$TMP/t2" && test "$(cat "$TMP/t2/rootfs/f")" = hello
+'
+
 test_expect_success 'an unreachable cache source is a warning, not a failure' '
     export IMGBUILD_CACHE="$TMP/runner-d" &&
     (cd "$R" && ib --plain-http --cache-from 127.0.0.1:1/wepp/buildcache -o "$TMP/d.tar" --progress plain >/dev/null) &&

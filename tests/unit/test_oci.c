@@ -7,8 +7,11 @@
 #include "oci/reference.h"
 #include "oci/store.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static void test_refs(void)
@@ -108,6 +111,41 @@ static void test_store(const char *dir)
     CHECK(ib_store_get_ref(d2, s, "harbor.local:8443/wepp/app:sha-2") == IB_ENOTFOUND);
     /* names differing only in separators never share a file */
     CHECK(ib_store_get_ref(d2, s, "harbor.local:8443/wepp/app/sha-1") == IB_ENOTFOUND);
+    ib_store_free(s);
+}
+
+/* The tmp sweep at store open: a build's scratch dir survives as long as its
+ * lock is held, however old its mtime; once released it goes at once. Old
+ * lock-less leftovers go after a day, fresh ones stay. */
+static void test_scratch_sweep(const char *dir)
+{
+    ib_store *s, *s2;
+    CHECK(ib_store_open(&s, dir) == 0);
+    char *scratch = NULL;
+    int fd = -1;
+    CHECK(ib_store_scratch_dir(&scratch, &fd, s, "build-") == 0);
+    CHECK(fd >= 0 && scratch && strstr(scratch, "/tmp/build-"));
+    char *inner = ib_xasprintf("%s/run-0", scratch);
+    CHECK(ib_fs_mkdir_p(inner, 0700) == 0);
+    char *stale = ib_xasprintf("%s/tmp/build-legacy", dir), *fresh = ib_xasprintf("%s/tmp/build-fresh", dir);
+    CHECK(ib_fs_mkdir_p(stale, 0700) == 0 && ib_fs_mkdir_p(fresh, 0700) == 0);
+    /* two days old: the age alone used to get a running build's dir removed */
+    struct timespec old[2] = {{time(NULL) - 2 * 86400, 0}, {time(NULL) - 2 * 86400, 0}};
+    CHECK(utimensat(AT_FDCWD, scratch, old, 0) == 0 && utimensat(AT_FDCWD, stale, old, 0) == 0);
+    CHECK(ib_store_open(&s2, dir) == 0); /* sweeps, as another build starting would */
+    ib_store_free(s2);
+    CHECK(access(inner, F_OK) == 0);
+    CHECK(access(stale, F_OK) != 0);
+    CHECK(access(fresh, F_OK) == 0);
+    close(fd); /* the build is over (or was killed) */
+    CHECK(ib_store_open(&s2, dir) == 0);
+    ib_store_free(s2);
+    CHECK(access(scratch, F_OK) != 0);
+    ib_fs_rm_rf(fresh);
+    free(inner);
+    free(stale);
+    free(fresh);
+    free(scratch);
     ib_store_free(s);
 }
 
@@ -236,6 +274,7 @@ int main(void)
     CHECK(ib_fs_mkdtemp(&dir, "ib-ut-oci") == 0);
     test_store(dir);
     test_image(dir);
+    test_scratch_sweep(dir);
     ib_fs_rm_rf(dir);
     free(dir);
     return ut_done();
