@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -238,6 +239,9 @@ static void child(const ib_sandbox_opts *o, const char *merged, const mpoint *mp
     if (setgroups(o->ngroups, groups) < 0 && errno != EPERM) die(errfd, "setgroups");
     if (setgid(o->gid) < 0) die(errfd, "setgid");
     if (setuid(o->uid) < 0) die(errfd, "setuid");
+    /* set after setuid, which clears it: a builder killed with -9 takes its
+     * command (PID 1 of the sandbox, so the whole namespace) with it */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* PATH lookup uses the image's PATH, not ours. */
     extern char **environ;
     environ = (char **)o->envp;
@@ -448,6 +452,7 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
     char *opts = ib_xasprintf("lowerdir=%s,upperdir=%s,workdir=%s%s", o->lower, upper, work,
                               rootless ? ",userxattr" : "");
     fflush(NULL);
+    pid_t builder = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         r = ib_error_errno(IB_ERR, "fork");
@@ -459,6 +464,9 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
         goto out;
     }
     if (pid == 0) {
+        /* the helper must not outlive the builder: it holds the store lock */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != builder) _exit(137);
         int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | (o->network_none ? CLONE_NEWNET : 0);
         if (rootless) {
             if (unshare(CLONE_NEWUSER) < 0)
