@@ -320,12 +320,16 @@ static int is_docker_hub(const char *host)
 }
 
 /* "https://host:5000/v1/" -> "host:5000", as containers/image normalizes
- * auth file keys (and docker does for legacy "https://index.docker.io/v1/"). */
+ * auth file keys (and docker does for legacy "https://index.docker.io/v1/").
+ * The path is dropped only after a scheme: without one, "host/ns" is a
+ * namespaced key (containers-auth.json(5)), matched only by
+ * lookup_repo_keys, never as the bare host (containers/image
+ * normalizeAuthFileKey does the same). */
 static char *normalize_key(const char *key)
 {
     const char *s = strstr(key, "://");
+    size_t n = s ? strcspn(s + 3, "/") : strlen(key);
     s = s ? s + 3 : key;
-    size_t n = strcspn(s, "/");
     char *r = ib_xstrndup(s, n);
     lower(r);
     return r;
@@ -557,8 +561,30 @@ static const char *helper_server(const char *host)
     return is_docker_hub(host) ? DOCKER_HUB_LEGACY_KEY : host;
 }
 
-/* Looks host up in one file. IB_ENOTFOUND when the file or entry is absent. */
-static int lookup_file(ib_cred *out, const char *path, const char *host)
+/* containers-auth.json(5) namespaced keys: for repo "ns/app" on host, tries
+ * auths["host/ns/app"], then auths["host/ns"], most specific first, as exact
+ * keys, so only whole path components match ("host/pro" never covers
+ * "host/proj/app"). The bare host is left to the caller. An empty entry ({})
+ * holds nothing and does not stop the walk. IB_ENOTFOUND if no key has credentials. */
+static int lookup_repo_keys(ib_cred *out, json_t *auths, const char *host, const char *repo, const char *path)
+{
+    size_t hlen = strlen(host);
+    char *key = ib_xasprintf("%s/%s", host, repo);
+    int r = IB_ENOTFOUND;
+    for (;;) {
+        json_t *e = json_object_get(auths, key);
+        if (e && (r = parse_auth_entry(out, e, path)) != IB_ENOTFOUND) break;
+        char *slash = strrchr(key + hlen + 1, '/');
+        if (!slash) break;
+        *slash = 0;
+    }
+    free(key);
+    return r;
+}
+
+/* Looks host (and repo, when not NULL) up in one file. IB_ENOTFOUND when the
+ * file or entry is absent. */
+static int lookup_file(ib_cred *out, const char *path, const char *host, const char *repo)
 {
     char *data = NULL;
     size_t len = 0;
@@ -604,8 +630,13 @@ static int lookup_file(ib_cred *out, const char *path, const char *host)
         }
     }
 
-    /* 2. auths[host]: exact key first, then scheme/path variants */
+    /* 2. auths["host/ns/repo"], auths["host/ns"] (most specific first), then
+     * auths[host]: exact key first, then scheme/path variants */
     json_t *auths = json_object_get(root, "auths");
+    if (json_is_object(auths) && repo) {
+        r = lookup_repo_keys(out, auths, host, repo, path);
+        if (r != IB_ENOTFOUND) goto done;
+    }
     if (json_is_object(auths)) {
         json_t *e = json_object_get(auths, host);
         if (!e && is_docker_hub(host)) e = json_object_get(auths, DOCKER_HUB_LEGACY_KEY);
@@ -652,26 +683,42 @@ static int lookup_chain(char **paths)
 
 int ib_auth_lookup(ib_cred *out, const char *host, const char *authfile)
 {
+    return ib_auth_lookup_repo(out, host, NULL, authfile);
+}
+
+int ib_auth_lookup_repo(ib_cred *out, const char *host, const char *repo, const char *authfile)
+{
     memset(out, 0, sizeof *out);
     if (!host || !*host) return ib_error_set(IB_EINVALID, "credential lookup: empty host");
     char *lhost = ib_xstrdup(host);
     lower(lhost);
+    /* "/ns/app/" -> "ns/app"; an empty repository means host-only */
+    char *lrepo = NULL;
+    if (repo) {
+        while (*repo == '/') repo++;
+        size_t n = strlen(repo);
+        while (n && repo[n - 1] == '/') n--;
+        if (n) lrepo = ib_xstrndup(repo, n);
+    }
     int r;
     if (authfile) {
-        r = lookup_file(out, authfile, lhost);
+        r = lookup_file(out, authfile, lhost, lrepo);
     } else {
+        /* file by file in chain order: the first file with a match wins, the
+         * most specific key within it (containers/image getCredentialsFromAuthFiles) */
         char *paths[5] = {0};
         int n = lookup_chain(paths);
         r = IB_ENOTFOUND;
-        for (int i = 0; i < n && r == IB_ENOTFOUND; i++) r = lookup_file(out, paths[i], lhost);
+        for (int i = 0; i < n && r == IB_ENOTFOUND; i++) r = lookup_file(out, paths[i], lhost, lrepo);
         for (int i = 0; i < n; i++) free(paths[i]);
     }
     if (r == IB_ENOTFOUND) {
         ib_cred_clear(out);
-        r = ib_error_set(IB_ENOTFOUND, "no credentials for %s", host);
+        r = ib_error_set(IB_ENOTFOUND, "no credentials for %s%s%s", host, lrepo ? "/" : "", lrepo ? lrepo : "");
     } else if (r < 0) {
         ib_cred_clear(out);
     }
+    free(lrepo);
     free(lhost);
     return r;
 }

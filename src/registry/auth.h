@@ -36,10 +36,22 @@ typedef struct {
  * then), $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json,
  * $DOCKER_CONFIG/config.json or ~/.docker/config.json, ~/.config/containers/auth.json.
  * Within a file: credHelpers[host], then auths[host] (also matched with a
- * scheme prefix or a path suffix, "https://host/v1/"), then credsStore.
+ * scheme prefix and any path after it, "https://host/v1/"), then credsStore.
  * Helpers are run as `docker-credential-<name> get` with the host on stdin.
  * IB_ENOTFOUND when no source has the host (anonymous access then). */
 int ib_auth_lookup(ib_cred *out, const char *host, const char *authfile);
+/* The same for one repository ("proj/app" on host): takes the repository
+ * because containers-auth.json(5) lets auths keys name a namespace or a
+ * repository, so one registry can have several accounts (Harbor robot
+ * accounts per project). In each file, before the host's own keys, it tries
+ * auths["host/proj/app"], then auths["host/proj"]: exact keys, whole path
+ * components, most specific first. Files are still searched in the order
+ * above and the first file with a match wins. Applied to docker's
+ * config.json too, as containers/image does (docker writes host keys only,
+ * so nothing changes there). credHelpers and credsStore stay host-only
+ * (docker semantics). No "*.example.com" keys: that wildcard belongs to
+ * registries.conf, not auth.json. repo NULL or "": ib_auth_lookup. */
+int ib_auth_lookup_repo(ib_cred *out, const char *host, const char *repo, const char *authfile);
 void ib_cred_clear(ib_cred *c);
 
 /* login: writes auths[host].auth = base64(user:password) into authfile or

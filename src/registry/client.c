@@ -30,6 +30,7 @@ struct ib_registry {
     ib_challenge chal;
     ib_cred cred;
     int cred_state; /* 0 not looked up, 1 found, -1 none */
+    char *cred_repo; /* first repository wanted: credentials are looked up for it */
     char *token;
     int64_t token_exp;
     unsigned token_gen; /* bumps on each new token */
@@ -77,6 +78,7 @@ void ib_registry_free(ib_registry *r)
     free(r->base);
     ib_challenge_clear(&r->chal);
     ib_cred_clear(&r->cred);
+    free(r->cred_repo);
     free(r->token);
     for (size_t i = 0; i < r->nscopes; i++) free(r->scopes[i]);
     free(r->scopes);
@@ -125,6 +127,7 @@ void ib_registry_want(ib_registry *r, const char *repo, const char *actions)
     char *s = ib_xasprintf("repository:%s:%s", repo, actions);
     pthread_mutex_lock(&r->mu);
     add_scope_locked(r, s);
+    if (!r->cred_repo) r->cred_repo = ib_xstrdup(repo);
     pthread_mutex_unlock(&r->mu);
     free(s);
 }
@@ -166,7 +169,7 @@ static int auth_line_locked(char **hdr, ib_registry *r)
     if (r->kind != AUTH_BEARER) return 0;
     if (!r->token || r->scopes_dirty || now_s() >= r->token_exp) {
         if (r->cred_state == 0) {
-            int rc = ib_auth_lookup(&r->cred, r->host, r->o.authfile);
+            int rc = ib_auth_lookup_repo(&r->cred, r->host, r->cred_repo, r->o.authfile);
             if (rc < 0 && rc != IB_ENOTFOUND) return rc;
             r->cred_state = rc == 0 ? 1 : -1;
         }
@@ -269,7 +272,7 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
                 err = 1;
             } else {
                 if (r->cred_state == 0) {
-                    int lr = ib_auth_lookup(&r->cred, r->host, r->o.authfile);
+                    int lr = ib_auth_lookup_repo(&r->cred, r->host, r->cred_repo, r->o.authfile);
                     r->cred_state = lr == 0 ? 1 : -1;
                     /* a broken auth file or helper says so, as on the Bearer path */
                     if (lr < 0 && lr != IB_ENOTFOUND) err = 5;

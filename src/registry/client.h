@@ -29,7 +29,10 @@ int ib_registry_open(ib_registry **out, const char *host, const ib_reg_opts *o);
 void ib_registry_free(ib_registry *r);
 const char *ib_registry_host(const ib_registry *r);
 /* Declares a scope needed by this session ("repository:<repo>:<actions>"),
- * so the next token covers it. */
+ * so the next token covers it. The first repository declared is the one the
+ * session acts on (push/pull destination): credentials are looked up for it,
+ * so repository-scoped auth.json keys apply (ib_auth_lookup_repo). Declare it
+ * before any request; without one (login's ping) the lookup is host-only. */
 void ib_registry_want(ib_registry *r, const char *repo, const char *actions);
 
 /* Called from the transferring thread as blob bytes move (upload: read from

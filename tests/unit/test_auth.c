@@ -127,13 +127,13 @@ static void test_base64(void)
     free(e);
 }
 
-static void expect_cred(const char *host, const char *authfile, const char *user, const char *pass,
-                        const char *source_part, int line)
+static void expect_cred_repo(const char *host, const char *repo, const char *authfile, const char *user,
+                             const char *pass, const char *source_part, int line)
 {
     ib_cred c;
-    int r = ib_auth_lookup(&c, host, authfile);
+    int r = repo ? ib_auth_lookup_repo(&c, host, repo, authfile) : ib_auth_lookup(&c, host, authfile);
     if (r != 0) {
-        fprintf(stderr, "line %d: lookup %s: %s\n", line, host, ib_error_last());
+        fprintf(stderr, "line %d: lookup %s %s: %s\n", line, host, repo ? repo : "", ib_error_last());
         ut_fail++;
         return;
     }
@@ -144,6 +144,12 @@ static void expect_cred(const char *host, const char *authfile, const char *user
         ut_fail++;
     }
     ib_cred_clear(&c);
+}
+
+static void expect_cred(const char *host, const char *authfile, const char *user, const char *pass,
+                        const char *source_part, int line)
+{
+    expect_cred_repo(host, NULL, authfile, user, pass, source_part, line);
 }
 
 static void test_lookup(const char *tmp)
@@ -354,6 +360,118 @@ static void test_store(const char *tmp)
     free(af);
 }
 
+/* containers-auth.json(5) namespaced keys: the most specific "host/ns/repo"
+ * key of a file wins, whole path components only; across files the chain
+ * order is unchanged (first file with any match). */
+static void test_repo_keys(const char *tmp)
+{
+    char *home = ib_fs_join(tmp, "nshome");
+    char *run = ib_fs_join(tmp, "nsrun");
+    ib_fs_mkdir_p(home, 0700);
+    ib_fs_mkdir_p(run, 0700);
+    setenv("HOME", home, 1);
+    setenv("XDG_RUNTIME_DIR", run, 1);
+    unsetenv("DOCKER_CONFIG");
+    unsetenv("REGISTRY_AUTH_FILE");
+    ib_cred c;
+
+    /* one file (--authfile): three accounts on one registry */
+    char *af = ib_fs_join(tmp, "ns/auth.json");
+    char *app_auth = ib_base64_encode("u-app:p-app", 11);
+    char *text = ib_xasprintf(
+        "{\"auths\": {\n"
+        " \"harbor.local\": {\"username\": \"u-host\", \"password\": \"p-host\"},\n"
+        " \"harbor.local/proj\": {\"username\": \"u-proj\", \"password\": \"p-proj\"},\n"
+        " \"harbor.local/proj/app\": {\"auth\": \"%s\"},\n"
+        " \"harbor.local/pro\": {\"username\": \"u-pro\", \"password\": \"p-pro\"},\n"
+        " \"harbor.local/empty/app\": {},\n"
+        " \"*.harbor.local\": {\"username\": \"u-wild\", \"password\": \"p-wild\"},\n"
+        " \"https://legacy.local/v1/\": {\"username\": \"u-legacy\", \"password\": \"p-legacy\"},\n"
+        " \"legacy.local/team\": {\"username\": \"u-team\", \"password\": \"p-team\"},\n"
+        " \"https://index.docker.io/v1/\": {\"username\": \"u-hub\", \"password\": \"p-hub\"},\n"
+        " \"docker.io/library\": {\"username\": \"u-lib\", \"password\": \"p-lib\"}\n"
+        "}}\n",
+        app_auth);
+    write_file(af, text, 0600);
+    free(text);
+    free(app_auth);
+    expect_cred_repo("harbor.local", "proj/app", af, "u-app", "p-app", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "proj/other", af, "u-proj", "p-proj", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "lib/x", af, "u-host", "p-host", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "proj", af, "u-proj", "p-proj", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "proj/app/sub", af, "u-app", "p-app", "ns/auth.json", __LINE__);
+    expect_cred_repo("HARBOR.local", "proj/app", af, "u-app", "p-app", "ns/auth.json", __LINE__);
+    /* component boundaries: "harbor.local/pro" covers neither proj nor projx */
+    expect_cred_repo("harbor.local", "projx/app", af, "u-host", "p-host", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "pro/app", af, "u-pro", "p-pro", "ns/auth.json", __LINE__);
+    /* an empty entry holds nothing: the walk goes on to the host */
+    expect_cred_repo("harbor.local", "empty/app", af, "u-host", "p-host", "ns/auth.json", __LINE__);
+    /* host-only lookups (login, or no repository) never take a namespaced key */
+    expect_cred("harbor.local", af, "u-host", "p-host", "ns/auth.json", __LINE__);
+    expect_cred_repo("harbor.local", "", af, "u-host", "p-host", "ns/auth.json", __LINE__);
+    /* no wildcard keys in auth.json (that is registries.conf) */
+    CHECK_INT(ib_auth_lookup_repo(&c, "sub.harbor.local", "proj/app", af), IB_ENOTFOUND);
+    /* a host matched through a URL key still has its namespaced keys first */
+    expect_cred_repo("legacy.local", "team/app", af, "u-team", "p-team", "ns/auth.json", __LINE__);
+    expect_cred_repo("legacy.local", "other/app", af, "u-legacy", "p-legacy", "ns/auth.json", __LINE__);
+    /* Docker Hub: "docker.io/library" as containers/image names it, else the legacy key */
+    expect_cred_repo("docker.io", "library/busybox", af, "u-lib", "p-lib", "ns/auth.json", __LINE__);
+    expect_cred_repo("docker.io", "someone/tool", af, "u-hub", "p-hub", "ns/auth.json", __LINE__);
+
+    /* a file with only "harbor.local/pro": nothing for proj/app, nor for the bare host */
+    char *pro = ib_fs_join(tmp, "ns/pro.json");
+    write_file(pro, "{\"auths\": {\"harbor.local/pro\": {\"username\": \"u-pro\", \"password\": \"x\"}}}", 0600);
+    CHECK_INT(ib_auth_lookup_repo(&c, "harbor.local", "proj/app", pro), IB_ENOTFOUND);
+    CHECK(c.username == NULL);
+    CHECK_INT(ib_auth_lookup(&c, "harbor.local", pro), IB_ENOTFOUND);
+    CHECK(strstr(ib_error_last(), "harbor.local") != NULL);
+
+    /* across files: the chain order decides, then the most specific key in
+     * the first file that matches at all */
+    char *xdg = ib_fs_join(run, "containers/auth.json");
+    char *dcfg = ib_fs_join(home, ".docker/config.json");
+    char *late = ib_fs_join(home, ".config/containers/auth.json");
+    write_file(xdg, "{\"auths\": {\"harbor.local\": {\"username\": \"x-host\", \"password\": \"x\"}}}", 0600);
+    write_file(dcfg,
+               "{\"auths\": {\"harbor.local/proj/app\": {\"username\": \"d-app\", \"password\": \"d\"},"
+               " \"harbor.local/team\": {\"username\": \"d-team\", \"password\": \"d\"},"
+               " \"helped.example/ns\": {\"username\": \"d-ns\", \"password\": \"d\"}},"
+               " \"credHelpers\": {\"helped.example\": \"fake\", \"harbor.local/proj\": \"nosuchhelper\"}}",
+               0600);
+    write_file(late,
+               "{\"auths\": {\"harbor.local/proj/app\": {\"username\": \"l-app\", \"password\": \"l\"},"
+               " \"other.local/ns\": {\"username\": \"l-ns\", \"password\": \"l\"}}}",
+               0600);
+    expect_cred_repo("harbor.local", "proj/app", NULL, "x-host", "x", "nsrun/containers/auth.json", __LINE__);
+    expect_cred_repo("other.local", "ns/a", NULL, "l-ns", "l", ".config/containers/auth.json", __LINE__);
+    CHECK_INT(ib_auth_lookup_repo(&c, "other.local", "elsewhere/a", NULL), IB_ENOTFOUND);
+    unsetenv("XDG_RUNTIME_DIR");
+    /* docker's config.json honours namespaced keys too (as in containers/image) */
+    expect_cred_repo("harbor.local", "proj/app", NULL, "d-app", "d", ".docker/config.json", __LINE__);
+    expect_cred_repo("harbor.local", "team/y", NULL, "d-team", "d", ".docker/config.json", __LINE__);
+    CHECK_INT(ib_auth_lookup_repo(&c, "harbor.local", "lib/z", NULL), IB_ENOTFOUND);
+    /* credHelpers are keyed by host only: the helper (docker-credential-fake,
+     * on PATH since test_lookup) wins over a namespaced auths key, and a
+     * namespaced credHelpers key is never used */
+    expect_cred_repo("helped.example", "ns/app", NULL, "robot$wepp+ci", "hs:1", "docker-credential-fake", __LINE__);
+    /* $REGISTRY_AUTH_FILE still comes first */
+    char *raf = ib_fs_join(tmp, "ns/raf.json");
+    write_file(raf, "{\"auths\": {\"harbor.local/proj\": {\"username\": \"r-proj\", \"password\": \"r\"}}}", 0600);
+    setenv("REGISTRY_AUTH_FILE", raf, 1);
+    expect_cred_repo("harbor.local", "proj/app", NULL, "r-proj", "r", "ns/raf.json", __LINE__);
+    expect_cred_repo("harbor.local", "team/y", NULL, "d-team", "d", ".docker/config.json", __LINE__);
+    unsetenv("REGISTRY_AUTH_FILE");
+
+    free(raf);
+    free(late);
+    free(dcfg);
+    free(xdg);
+    free(pro);
+    free(af);
+    free(run);
+    free(home);
+}
+
 int main(void)
 {
     alarm(30); /* a stuck helper must not hang the suite */
@@ -364,6 +482,7 @@ int main(void)
     if (tmp) {
         test_lookup(tmp);
         test_store(tmp);
+        test_repo_keys(tmp);
         ib_fs_rm_rf(tmp);
         free(tmp);
     }
