@@ -40,7 +40,7 @@ extern char **environ;
 /* Linux refuses symlink targets of PATH_MAX or more anyway; this only bounds
  * what we load and compare. */
 #define LINK_MAX_TARGET 65536
-#define MANIFEST_NAME "MANIFEST"
+#define MANIFEST_NAME IB_GF_EXPORT_MANIFEST
 #define MANIFEST_HEADER "# imgbuild slim export: path\tblob\tsize\tsha256\n"
 #define TMP_TAG ".imgbuild-tmp."
 /* Keeps ".<base>.imgbuild-tmp.<pid>" under NAME_MAX for long base names. */

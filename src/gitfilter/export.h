@@ -8,6 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Names in the export dir that are ours: the manifest, and the versions
+ * tree (other versions of a path, named by blob id). */
+#define IB_GF_EXPORT_MANIFEST "MANIFEST"
+#define IB_GF_EXPORT_VERSIONS ".imgbuild-versions"
+
 typedef struct {
     const char *dest; /* relative to the export dir, '/'-separated, no leading '/', no ".." */
     git_oid blob;     /* the content; verified by re-hashing the written file */

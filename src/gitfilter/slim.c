@@ -317,6 +317,7 @@ typedef struct {
     size_t n, cap;
     ib_oidmap *primary;  /* H(path) -> item */
     ib_oidmap *versions; /* H(blob, path) -> 1 */
+    ib_oidmap *dirs;     /* H(dir) -> 1 for every directory above a primary item */
     uint64_t bytes;
     int rc;
 } export_list;
@@ -342,6 +343,35 @@ static void push_item(export_list *l, char *dest, const git_oid *blob, uint32_t 
     if (git_odb_read_header(&len, &t, l->odb, blob) == 0) l->bytes += len;
 }
 
+/* Whether path can take its plain place in the export: not our MANIFEST,
+ * not a directory some item already lives under, and no item where one of
+ * its directories must be (a branch with data/x a file, another with data/x
+ * a directory, a symlink in one and a directory in the other). The first
+ * one in (HEAD's) wins; a clashing one goes beside the other versions, so
+ * no tip is lost and the export still verifies. Its directories are then
+ * taken. */
+static int primary_fits(export_list *l, const char *path, size_t len)
+{
+    git_oid key;
+    uint64_t v;
+    static const char vdir[] = IB_GF_EXPORT_VERSIONS "/";
+    if (len == strlen(IB_GF_EXPORT_MANIFEST) && !memcmp(path, IB_GF_EXPORT_MANIFEST, len)) return 0;
+    if (len >= sizeof vdir - 1 && !memcmp(path, vdir, sizeof vdir - 1)) return 0;
+    git_odb_hash(&key, path, len, GIT_OBJECT_TREE);
+    if (ib_oidmap_get(l->dirs, &key, &v)) return 0;
+    for (size_t k = 0; k < len; k++) {
+        if (path[k] != '/') continue;
+        git_odb_hash(&key, path, k, GIT_OBJECT_BLOB);
+        if (ib_oidmap_get(l->primary, &key, &v)) return 0;
+    }
+    for (size_t k = 0; k < len; k++) {
+        if (path[k] != '/') continue;
+        git_odb_hash(&key, path, k, GIT_OBJECT_TREE);
+        ib_oidmap_set(l->dirs, &key, 1);
+    }
+    return 1;
+}
+
 static int on_removed(void *ud, const char *path, size_t len, const git_oid *blob, uint32_t mode)
 {
     export_list *l = ud;
@@ -350,11 +380,14 @@ static int on_removed(void *ud, const char *path, size_t len, const git_oid *blo
     git_odb_hash(&key, path, len, GIT_OBJECT_BLOB);
     uint64_t i;
     if (!ib_oidmap_get(l->primary, &key, &i)) {
-        ib_oidmap_set(l->primary, &key, l->n);
-        push_item(l, ib_xstrndup(path, len), blob, mode);
+        if (primary_fits(l, path, len)) {
+            ib_oidmap_set(l->primary, &key, l->n);
+            push_item(l, ib_xstrndup(path, len), blob, mode);
+            return 0;
+        }
+    } else if (git_oid_equal(&l->items[i].blob, blob) && l->items[i].mode == mode) {
         return 0;
     }
-    if (git_oid_equal(&l->items[i].blob, blob) && l->items[i].mode == mode) return 0;
     /* another version of the same path: kept beside it, named by its blob */
     char *vk = ib_xmalloc(GIT_OID_RAWSZ + len + 1);
     memcpy(vk, blob->id, GIT_OID_RAWSZ);
@@ -366,7 +399,7 @@ static int on_removed(void *ud, const char *path, size_t len, const git_oid *blo
     ib_oidmap_set(l->versions, &key, 1);
     char hex[GIT_OID_HEXSZ + 1];
     git_oid_tostr(hex, sizeof hex, blob);
-    push_item(l, ib_xasprintf(".imgbuild-versions/%.*s/%s", (int)len, path, hex), blob, mode);
+    push_item(l, ib_xasprintf(IB_GF_EXPORT_VERSIONS "/%.*s/%s", (int)len, path, hex), blob, mode);
     return 0;
 }
 
@@ -427,6 +460,7 @@ static void free_list(export_list *l)
     free(l->items);
     ib_oidmap_free(l->primary);
     ib_oidmap_free(l->versions);
+    ib_oidmap_free(l->dirs);
     git_odb_free(l->odb);
 }
 
@@ -541,7 +575,7 @@ int ib_gf_slim_run(ib_gf_slim_result *res, const ib_gf_slim_opts *o, ib_gf_slim_
     char *mapdir = ib_xasprintf("%simgbuild-slim", gitdir);
     char *backup = NULL;
     ib_gf_rewrite *rw = NULL;
-    export_list l = {.repo = repo, .primary = ib_oidmap_new(), .versions = ib_oidmap_new()};
+    export_list l = {.repo = repo, .primary = ib_oidmap_new(), .versions = ib_oidmap_new(), .dirs = ib_oidmap_new()};
     char hb[32], hb2[32];
 
     char why[600];

@@ -234,6 +234,25 @@ test_expect_success 'tips that disagree: HEAD version at the path, the other one
     test "$(git hash-object "$EXP/$D1/observed_climates/OR/Hood River.cli")" = "$(git -C "$O" rev-parse "feature:$D1/observed_climates/OR/Hood River.cli")"
 '
 
+test_expect_success 'tips whose layouts clash (a file here, a directory there; a file named MANIFEST) all export' '
+    L=$TMP/L && clone "$L" &&
+    git -C "$L" fetch -q --update-head-ok origin "+refs/heads/*:refs/heads/*" && git -C "$L" remote remove origin &&
+    git -C "$L" checkout -q -b layout &&
+    f=$(git -C "$L" ls-tree -r --name-only HEAD -- "$D2" | head -n 1) && test -n "$f" &&
+    git -C "$L" rm -q "$f" && mkdir -p "$L/$f" && echo now-a-dir >"$L/$f/inner.dat" &&
+    git -C "$L" rm -q -r "$D1/observed_climates/ID" && echo now-a-file >"$L/$D1/observed_climates/ID" &&
+    echo "data manifest" >"$L/MANIFEST" && git -C "$L" add -A && git -C "$L" commit -q -m layout &&
+    git -C "$L" checkout -q main && cp -a "$L" "$TMP/L.orig" && cp -a "$L" "$TMP/L.fr" &&
+    filter_repo "$TMP/L.fr" --force --path "$D1" --path "$D2" --path MANIFEST --invert-paths &&
+    ib slim "$L" --force --path "$D1" --path "$D2" --path MANIFEST --export-to "$TMP/L.exp" --no-backup --progress plain &&
+    same_refs "$TMP/L.fr" "$L" &&
+    check_export "$TMP/L.orig" "$TMP/L.exp" --dirs "$D1" "$D2" MANIFEST >/dev/null &&
+    v() { echo "$TMP/L.exp/.imgbuild-versions/$1/$(git -C "$TMP/L.orig" rev-parse "layout:$1")"; } &&
+    test "$(cat "$(v "$f/inner.dat")")" = now-a-dir && test -f "$TMP/L.exp/$f" &&
+    test "$(cat "$(v "$D1/observed_climates/ID")")" = now-a-file && test -d "$TMP/L.exp/$D1/observed_climates/ID" &&
+    test "$(cat "$(v MANIFEST)")" = "data manifest" && head -n 1 "$TMP/L.exp/MANIFEST" | grep -q "^# imgbuild slim export"
+'
+
 test_expect_success 'fsck is clean, the data is gone from .git, which shrank, and the worktree is clean' '
     git -C "$B" fsck --full --no-progress >"$TMP/fsck.out" 2>&1 &&
     ! grep -iE "missing|broken|error|bad|corrupt" "$TMP/fsck.out" &&
