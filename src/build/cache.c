@@ -91,20 +91,6 @@ const char *ib_cache_sniff_layer_mt(const void *head, size_t n)
     return IB_MT_OCI_LAYER;
 }
 
-/* The checksum an entry carries over its fields and the key it is filed
- * under. An entry hand-edited, torn by a foreign writer or copied under
- * another key does not match it, and is never used: its diffID would go
- * into the image config unchecked (decompressing every hit to recompute
- * it would cost more than the hit saves). */
-static void entry_check(char *out, const char *key, const char *mt, const char *dg, const char *di, json_int_t size,
-                        const char *created_by)
-{
-    char *t = ib_xasprintf("imgbuild-cache-entry-v1\n%s\n%s\n%s\n%s\n%lld\n%zu:%s\n", key, mt, dg, di,
-                           (long long)size, strlen(created_by), created_by);
-    ib_digest_buf(out, t, strlen(t));
-    free(t);
-}
-
 struct head {
     unsigned char b[4];
     size_t n;
@@ -117,6 +103,34 @@ static int head_sink(void *ctx, const void *buf, size_t len)
     memcpy(h->b + h->n, buf, k);
     h->n += k;
     return 0;
+}
+
+int ib_cache_verify_layer_blob(const char **mt, ib_store *s, const char *digest)
+{
+    struct head h = {{0}, 0};
+    int r = ib_store_stream_blob(s, digest, head_sink, &h);
+    if (r == IB_ECORRUPT) {
+        char *bp = ib_store_blob_path(s, digest);
+        unlink(bp);
+        free(bp);
+    }
+    if (r < 0) return r;
+    *mt = ib_cache_sniff_layer_mt(h.b, h.n);
+    return 0;
+}
+
+/* The checksum an entry carries over its fields and the key it is filed
+ * under. An entry hand-edited, torn by a foreign writer or copied under
+ * another key does not match it, and is never used: its diffID would go
+ * into the image config unchecked (decompressing every hit to recompute
+ * it would cost more than the hit saves). */
+static void entry_check(char *out, const char *key, const char *mt, const char *dg, const char *di, json_int_t size,
+                        const char *created_by)
+{
+    char *t = ib_xasprintf("imgbuild-cache-entry-v1\n%s\n%s\n%s\n%s\n%lld\n%zu:%s\n", key, mt, dg, di,
+                           (long long)size, strlen(created_by), created_by);
+    ib_digest_buf(out, t, strlen(t));
+    free(t);
 }
 
 /* NULL when the entry can be used, else what is wrong with it. */
@@ -143,14 +157,9 @@ static const char *entry_damage(ib_cache *c, const char *key, json_t *j, uint64_
     if (*have != (uint64_t)json_integer_value(sz)) return "its layer blob has another size";
     /* A torn or damaged blob must never be used: hash it before trusting the
      * entry (the hash pass also shows its first bytes: the compression). */
-    struct head h = {{0}, 0};
-    if (ib_store_stream_blob(c->s, dg, head_sink, &h) < 0) {
-        char *bp = ib_store_blob_path(c->s, dg);
-        unlink(bp);
-        free(bp);
-        return "its layer blob is corrupt";
-    }
-    if (strcmp(ib_cache_sniff_layer_mt(h.b, h.n), oci)) return "its layer blob is not compressed as its media type says";
+    const char *real;
+    if (ib_cache_verify_layer_blob(&real, c->s, dg) < 0) return "its layer blob is corrupt";
+    if (strcmp(real, oci)) return "its layer blob is not compressed as its media type says";
     return NULL;
 }
 

@@ -41,6 +41,10 @@ int ib_cache_put(ib_cache *c, const char *key, const ib_layer_result *res, const
 /* The OCI layer media type a blob's first bytes show: gzip (1f 8b), zstd
  * (28 b5 2f fd), else an uncompressed tar. */
 const char *ib_cache_sniff_layer_mt(const void *head, size_t n);
+/* Hashes the store's layer blob against its digest, and *mt is the media
+ * type its first bytes show. A blob that does not match is unlinked (so a
+ * fetch can replace it) and IB_ECORRUPT returned. */
+int ib_cache_verify_layer_blob(const char **mt, ib_store *s, const char *digest);
 
 /* Explaining misses: inputs is a text of "name value" lines (instruction,
  * parent, compression, key, entries; "src PATH [MODE] ID" per source;

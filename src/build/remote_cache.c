@@ -80,20 +80,6 @@ static int fetch_entry(ib_desc *cfg, ib_desc *lay, ib_remote_cache *c, const cha
     return rc;
 }
 
-struct head {
-    unsigned char b[4];
-    size_t n;
-};
-
-static int head_sink(void *ctx, const void *buf, size_t len)
-{
-    struct head *h = ctx;
-    size_t k = len < sizeof h->b - h->n ? len : sizeof h->b - h->n;
-    memcpy(h->b + h->n, buf, k);
-    h->n += k;
-    return 0;
-}
-
 /* Brings an entry's layer blob into the store, verified against its digest
  * (a local copy too: it may be damaged, and is then fetched again), and
  * returns its real size and media type. A media type that is not what the
@@ -104,22 +90,18 @@ static int import_layer(uint64_t *size, const char **mt, ib_remote_cache *c, ib_
                         const char *key)
 {
     int fetched = 0, rc = 0;
-    struct head h;
+    const char *real = NULL;
     for (;;) {
         if (!ib_store_has_blob(s, lay->digest, NULL)) {
             if ((rc = ib_registry_blob_fetch(c->reg, c->repo, lay->digest, lay->size, s)) < 0) return rc;
             fetched = 1;
         }
-        memset(&h, 0, sizeof h);
-        rc = ib_store_stream_blob(s, lay->digest, head_sink, &h);
+        /* a damaged local copy is unlinked by the check and fetched again */
+        rc = ib_cache_verify_layer_blob(&real, s, lay->digest);
         if (rc != IB_ECORRUPT || fetched) break;
-        char *bp = ib_store_blob_path(s, lay->digest);
-        unlink(bp);
-        free(bp);
     }
     if (rc < 0) return rc;
     if (!ib_store_has_blob(s, lay->digest, size)) return ib_error_set(IB_ERR, "blob %s vanished from the store", lay->digest);
-    const char *real = ib_cache_sniff_layer_mt(h.b, h.n);
     const char *said = ib_image_layer_mt_to_oci(lay->media_type);
     if (!said || strcmp(said, real))
         return ib_error_set(IB_ECORRUPT, "cache entry for %.19s labels its layer %s, but the blob is %s (refused)", key,
