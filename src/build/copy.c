@@ -34,8 +34,8 @@ static int has_meta(const char *s) { return strpbrk(s, "*?[") != NULL; }
 static int lookup_name(unsigned *out, const char *rootfs, const char *file, const char *name)
 {
     if (!rootfs) return ib_error_set(IB_EINVALID, "--chown %s: names need an /etc/%s in the image", name, file);
-    char *p = ib_xasprintf("%s/etc/%s", rootfs, file), *text;
-    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
+    char *p = ib_xasprintf("/etc/%s", file), *text;
+    int r = ib_fs_read_in_root(&text, NULL, rootfs, p, 16 << 20);
     free(p);
     if (r < 0)
         return ib_error_set(IB_EINVALID, "--chown: cannot look up %s '%s': the image has no /etc/%s",

@@ -722,10 +722,11 @@ static int lower_dir(void *ctx, const char *path, unsigned *mode, unsigned *uid,
 }
 
 /* Brings the stage's directory index up to date with its layers (headers
- * only). Stages on scratch never need it: every directory there is ours. */
+ * only). On scratch too once it has layers: a later COPY must keep the owner
+ * an earlier COPY --chown gave a directory, and follow its symlinks. */
 static int stage_index(build *b, stage *st)
 {
-    if (!st->base_layers) return 0;
+    if (!st->nlayers) return 0;
     if (!st->lidx) st->lidx = ib_layer_index_new();
     for (; st->lidx_layers < st->nlayers; st->lidx_layers++) {
         char *p = ib_store_blob_path(b->store, st->layers[st->lidx_layers].digest);
@@ -736,13 +737,106 @@ static int stage_index(build *b, stage *st)
     return 0;
 }
 
+/* WORKDIR makes its directory when the image lacks it, in a layer of its
+ * own, as BuildKit does (dispatchWorkdir: llb.Mkdir with parents, 0755,
+ * owned by the USER in effect, its group defaulting to the uid as for
+ * --chown): an image whose WORKDIR no RUN or COPY touches still has it, and
+ * a USER app can write to a WORKDIR it did not create. Existing directories
+ * (through the image's symlinks) make no layer. The key holds the USER as
+ * written, not its uid: the parent chain fixes /etc/passwd, so a cache hit
+ * never needs the rootfs. */
+static int workdir_layer(ib_layer_result *lr, int *made, int *hit, char *why, size_t whysz, build *b, stage *st,
+                         const ib_df_instr *in)
+{
+    *made = *hit = 0;
+    const char *wd = json_string_value(json_object_get(st->cfg, "WorkingDir"));
+    if (!wd || !strcmp(wd, "/") || !*wd) return 0;
+    int r = stage_index(b, st);
+    if (r < 0) return r;
+    char *rel;
+    if ((r = ib_layer_index_resolve(&rel, st->lidx, wd)) < 0) return r;
+    unsigned m, u, g;
+    if (!*rel || (st->lidx && ib_layer_index_dir(st->lidx, rel, &m, &u, &g) == 1)) {
+        free(rel);
+        return 0;
+    }
+    const char *user = json_string_value(json_object_get(st->cfg, "User"));
+    char chain[IB_DIGEST_STRLEN + 1], key[IB_DIGEST_STRLEN + 1], ind[IB_DIGEST_STRLEN + 1];
+    ib_cache_chain(chain, st->diff_ids, st->nlayers);
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, "instruction %s\nparent %s\nmkdir %s\nuser %s\ncompression %s mtime=%lld\n", in->original,
+                   chain, rel, user ? user : "", ib_compress_name(b->o->compression), (long long)b->layer_mtime);
+    ib_digest_buf(ind, sb.s, sb.len);
+    ib_cache_key(key, chain, "workdir", ind);
+    ib_strbuf_addf(&sb, "key %s\n", key);
+    char *locator = step_locator(b, st, in);
+    char *from = NULL, *damaged = NULL;
+    r = cache_lookup(lr, &from, &damaged, b, key);
+    if (from) snprintf(why, whysz, "%s", from);
+    free(from);
+    if (r == 1) {
+        *hit = 1;
+        r = 0;
+    } else if (r == 0) {
+        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache")
+                       : damaged      ? ib_xstrdup(damaged)
+                                      : ib_cache_explain(b->cache, locator, sb.s);
+        snprintf(why, whysz, "rebuilt: %s", reason);
+        free(reason);
+        unsigned uid = 0, gid = 0;
+        if (user && *user) {
+            const char *root = NULL;
+            int numeric = strspn(user, "0123456789:") == strlen(user);
+            if (!numeric) r = stage_rootfs(&root, b, st);
+            if (r == 0) r = ib_copy_parse_chown(&uid, &gid, user, root);
+            if (r < 0) {
+                const char *e = ib_error_last();
+                char *msg = ib_xstrdup(!strncmp(e, "--chown: ", 9) ? e + 9 : e);
+                r = ib_error_set(r, "WORKDIR %s: USER %s: %s", wd, user, msg);
+                free(msg);
+            }
+        }
+        ib_layer_builder *lb = r == 0 ? ib_layer_builder_new() : NULL;
+        if (lb) {
+            stage_ref sref = {b, st, in, 0, NULL};
+            if (st->lidx) ib_layer_set_parent_meta(lb, lower_dir, &sref);
+            /* every missing component is made and owned by the user; the
+             * existing ones keep what they have (parent meta) */
+            for (char *q = rel;; q++) {
+                if (*q && *q != '/') continue;
+                char c = *q;
+                *q = 0;
+                if (!st->lidx || ib_layer_index_dir(st->lidx, rel, &m, &u, &g) != 1) {
+                    ib_layer_entry e = {.path = rel, .type = IB_LE_DIR, .mode = 0755, .uid = uid, .gid = gid};
+                    if (r == 0) r = ib_layer_add(lb, &e);
+                }
+                *q = c;
+                if (!c) break;
+            }
+            if (r == 0) r = ib_layer_write(lr, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
+            if (r == 0) r = ib_cache_put(b->cache, key, lr, in->original);
+            ib_layer_builder_free(lb);
+        }
+    }
+    if (r == 0) {
+        *made = 1;
+        ib_cache_record(b->cache, locator, sb.s);
+        remember_export(b, key, lr, in->original);
+    }
+    free(damaged);
+    free(locator);
+    free(sb.s);
+    free(rel);
+    return r;
+}
+
 /* ---------- RUN ---------- */
 
 /* "name:x:uid:gid:..." lookups in the image's own /etc/passwd and /etc/group. */
 static int id_lookup(unsigned *id, unsigned *gid_out, const char *rootfs, const char *file, const char *name)
 {
-    char *p = ib_xasprintf("%s/etc/%s", rootfs, file), *text;
-    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
+    char *p = ib_xasprintf("/etc/%s", file), *text;
+    int r = ib_fs_read_in_root(&text, NULL, rootfs, p, 16 << 20);
     free(p);
     if (r < 0) return IB_ENOTFOUND;
     r = IB_ENOTFOUND;
@@ -812,14 +906,12 @@ static void user_groups(unsigned **out, size_t *n, const char *rootfs, const cha
     *n = 1;
     char *u = ib_xstrdup(spec && *spec ? spec : "0"), *g = strchr(u, ':');
     if (g) *g++ = 0;
-    char *name = NULL, *text = NULL, *p;
+    char *name = NULL, *text = NULL;
     if (g && *g) goto done; /* an explicit group: no supplementary ones */
     if (*u && strspn(u, "0123456789") == strlen(u)) {
         /* the first entry with that uid, compared as numbers as runc does */
         unsigned long want = strtoul(u, NULL, 10);
-        p = ib_xasprintf("%s/etc/passwd", rootfs);
-        if (ib_fs_read_all(&text, NULL, p, 16 << 20) < 0) text = NULL;
-        free(p);
+        if (ib_fs_read_in_root(&text, NULL, rootfs, "/etc/passwd", 16 << 20) < 0) text = NULL;
         for (char *save = NULL, *line = text ? strtok_r(text, "\n", &save) : NULL; line && !name;
              line = strtok_r(NULL, "\n", &save)) {
             char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
@@ -831,9 +923,7 @@ static void user_groups(unsigned **out, size_t *n, const char *rootfs, const cha
     } else {
         name = ib_xstrdup(u);
     }
-    p = ib_xasprintf("%s/etc/group", rootfs);
-    if (!name || ib_fs_read_all(&text, NULL, p, 16 << 20) < 0) text = NULL;
-    free(p);
+    if (!name || ib_fs_read_in_root(&text, NULL, rootfs, "/etc/group", 16 << 20) < 0) text = NULL;
     if (!text) goto done;
     /* name:password:gid:member,member,... */
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -865,9 +955,8 @@ done:
 
 static char *passwd_home(const char *rootfs, unsigned uid)
 {
-    char *p = ib_xasprintf("%s/etc/passwd", rootfs), *text, *home = NULL;
-    int r = ib_fs_read_all(&text, NULL, p, 16 << 20);
-    free(p);
+    char *text, *home = NULL;
+    int r = ib_fs_read_in_root(&text, NULL, rootfs, "/etc/passwd", 16 << 20);
     if (r < 0) {
         ib_error_clear();
         return NULL;
@@ -1846,9 +1935,13 @@ static int run_instr(build *b, stage *st, const ib_df_instr *in, int n, int tota
         break;
     case IB_DF_MAINTAINER:
         break; /* recorded in the top-level "author" when the config is written */
-    case IB_DF_WORKDIR:
+    case IB_DF_WORKDIR: {
+        int made = 0, hit = 0;
         r = do_workdir(b, st, in);
+        if (r == 0) r = workdir_layer(&lr, &made, &hit, why, sizeof why, b, st, in);
+        if (r == 0 && made) made_layer = hit ? 2 : 1;
         break;
+    }
     case IB_DF_USER: {
         char *u;
         if ((r = expand(&u, b, st, in->args[0], in->line)) == 0) json_object_set_new(st->cfg, "User", json_string(u));

@@ -276,26 +276,6 @@ static int copy_tree(const char *from, const char *to)
     return 0;
 }
 
-/* ib_fs_resolve_links over the unpacked image (ctx): is this prefix a symlink there. */
-static int lower_link(void *ctx, const char *resolved, char **target)
-{
-    char *p = ib_fs_join(ctx, resolved), buf[4096];
-    struct stat sb;
-    int r = 0;
-    if (lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode)) {
-        ssize_t n = readlink(p, buf, sizeof buf - 1);
-        if (n < 0) {
-            r = ib_error_errno(IB_ERR, "readlink %s", p);
-        } else {
-            buf[n] = 0;
-            *target = ib_xstrdup(buf);
-            r = 1;
-        }
-    }
-    free(p);
-    return r;
-}
-
 /* Resolves a mount point as the kernel would inside the chroot: the image's
  * symlinks followed within the image, ".." stopping at its root, never
  * anything of the host's. A base whose /etc/resolv.conf links to
@@ -306,7 +286,7 @@ static int lower_link(void *ctx, const char *resolved, char **target)
  * image has them; for a --mount target (!fixed) that is an error. */
 static int plan_mpoint(mpoint *m, const char *lower, const char *path, int want_file, int fixed)
 {
-    int r = ib_fs_resolve_links(&m->rel, path, 1, 40, lower_link, (void *)lower);
+    int r = ib_fs_resolve_in_root(&m->rel, lower, path, 1);
     if (r < 0 || !*m->rel) {
         if (fixed) {
             ib_error_clear();

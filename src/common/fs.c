@@ -280,6 +280,52 @@ void ib_fs_cleanup_on_signal(void)
     signal(SIGHUP, on_signal);
 }
 
+static int root_link(void *ctx, const char *resolved, char **target)
+{
+    char *p = ib_fs_join(ctx, resolved), buf[4096];
+    struct stat sb;
+    int r = 0;
+    if (lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        ssize_t n = readlink(p, buf, sizeof buf - 1);
+        if (n < 0) {
+            r = ib_error_errno(IB_ERR, "readlink %s", p);
+        } else {
+            buf[n] = 0;
+            *target = ib_xstrdup(buf);
+            r = 1;
+        }
+    }
+    free(p);
+    return r;
+}
+
+int ib_fs_resolve_in_root(char **out, const char *root, const char *path, int follow_last)
+{
+    return ib_fs_resolve_links(out, path, follow_last, 40, root_link, (void *)root);
+}
+
+int ib_fs_read_in_root(char **out, size_t *out_len, const char *root, const char *path, size_t max)
+{
+    char *rel;
+    int r = ib_fs_resolve_in_root(&rel, root, path, 1);
+    if (r < 0) {
+        free(rel);
+        return r;
+    }
+    char *p = ib_fs_join(root, rel);
+    free(rel);
+    struct stat sb;
+    /* the resolved path has no symlink left: lstat sees what open would */
+    if (lstat(p, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        r = ib_error_set(IB_ENOTFOUND, "%s: no such file in the image", path);
+        free(p);
+        return r;
+    }
+    r = ib_fs_read_all(out, out_len, p, max);
+    free(p);
+    return r;
+}
+
 int ib_fs_resolve_links(char **out, const char *path, int follow_last, int max_links, ib_fs_link_fn link, void *ctx)
 {
     char *todo = ib_xstrdup(path), *res = ib_xstrdup("");

@@ -44,6 +44,13 @@ int ib_fs_realpath(char **out, const char *path);
  * More than max_links links: IB_EINVALID "PATH: too many levels of symbolic links". */
 typedef int (*ib_fs_link_fn)(void *ctx, const char *resolved, char **target);
 int ib_fs_resolve_links(char **out, const char *path, int follow_last, int max_links, ib_fs_link_fn link, void *ctx);
+/* ib_fs_resolve_links over a tree unpacked on disk at root (an image's
+ * rootfs): its symlinks are followed inside it, never into the host. */
+int ib_fs_resolve_in_root(char **out, const char *root, const char *path, int follow_last);
+/* Reads root/path as a process chrooted to root would (/etc/passwd that
+ * links to /usr/share/base-passwd/passwd stays in the image). Only regular
+ * files: anything else is IB_ENOTFOUND, like a missing one. */
+int ib_fs_read_in_root(char **out, size_t *out_len, const char *root, const char *path, size_t max);
 
 /* Temp files registered here are unlinked if the process is interrupted
  * (SIGINT/SIGTERM/SIGHUP), so a cancelled build leaves no partial output.

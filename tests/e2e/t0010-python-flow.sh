@@ -65,8 +65,10 @@ test_expect_success 'a code-only commit reuses the dependency layer (RUN CACHED,
     (cd "$R" && ib -o "$TMP/b.tar" --progress plain >/dev/null) &&
     grep -qE "RUN --mount=type=cache.* CACHED" "$TMP/last.err" &&
     grep -qE "COPY app/ ./app/ +BUILT .*app/__main__.py changed" "$TMP/last.err" &&
-    for i in 0 1 2 3; do test "$(layer "$TMP/b.tar" $i)" = "$(layer "$TMP/a.tar" $i)" || exit 1; done &&
-    test "$(layer "$TMP/b.tar" 4)" != "$(layer "$TMP/a.tar" 4)"
+    n=$(skopeo inspect --raw oci-archive:"$TMP/a.tar" | python3 -c "import json,sys;print(len(json.load(sys.stdin)[\"layers\"]))") &&
+    test "$n" -ge 5 &&
+    for i in $(seq 0 $((n - 2))); do test "$(layer "$TMP/b.tar" $i)" = "$(layer "$TMP/a.tar" $i)" || exit 1; done &&
+    test "$(layer "$TMP/b.tar" -1)" != "$(layer "$TMP/a.tar" -1)"
 '
 
 test_expect_success 'a new pin reruns pip and says why' '

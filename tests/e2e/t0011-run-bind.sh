@@ -144,8 +144,8 @@ test_expect_success 'a rebuilt RUN names what changed: USER, WORKDIR, SHELL, a p
     step | grep -q "BUILT" &&
     sed -i "s/^USER root/USER app/" "$N/Dockerfile" && commit_all "$N" user &&
     step | grep -qE "BUILT .*rebuilt: user changed \(root -> app\)$" &&
-    sed -i "s|^WORKDIR /$|WORKDIR /tmp|" "$N/Dockerfile" && commit_all "$N" wd &&
-    step | grep -qE "BUILT .*rebuilt: workdir changed \(/ -> /tmp\)$" &&
+    sed -i "s|^WORKDIR /$|WORKDIR /bin|" "$N/Dockerfile" && commit_all "$N" wd &&
+    step | grep -qE "BUILT .*rebuilt: workdir changed \(/ -> /bin\)$" &&
     sed -i "s/\"-c\"/\"-ec\"/" "$N/Dockerfile" && commit_all "$N" shell &&
     step | grep -qE "BUILT .*rebuilt: SHELL changed \(/bin/sh -c -> /bin/sh -ec\)$" &&
     step | grep -q "CACHED" &&

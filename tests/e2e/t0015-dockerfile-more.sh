@@ -159,4 +159,50 @@ test_expect_success 'ADD --unpack=false copies a local archive as is; the defaul
     (cd "$R" && expect_error "Dockerfile:2: ADD nothere.tgz" -o "$TMP/add2.tar")
 '
 
+layer_digests() { skopeo inspect --raw oci-archive:"$1" | python3 -c "import json,sys; print(*[l[\"digest\"] for l in json.load(sys.stdin)[\"layers\"]])"; }
+nlayers() { skopeo inspect --raw oci-archive:"$1" | python3 -c "import json,sys; print(len(json.load(sys.stdin)[\"layers\"]))"; }
+# history_empty TAR N: empty_layer of the Nth history entry (0-based, from the end when negative)
+history_empty() { config "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)[\"history\"][$2].get(\"empty_layer\", False))"; }
+
+test_expect_success 'WORKDIR makes a missing directory in its own layer, owned by the USER; an existing one adds none' '
+    R=$TMP/wd && new_repo "$R" &&
+    mkdir -p "$R/rootfs/data" "$R/rootfs/home" && ln -s /data "$R/rootfs/srv" && touch "$R/rootfs/data/.keep" "$R/rootfs/home/.keep" &&
+    printf "%s\n" "FROM $BASE" "COPY rootfs/ /" "USER app" "WORKDIR /home/app/work" "WORKDIR /srv/site" \
+        "USER 0" "WORKDIR /home" "WORKDIR /" >"$R/Dockerfile" &&
+    commit_all "$R" wd &&
+    (cd "$R" && SOURCE_DATE_EPOCH=1700000000 ib -o "$TMP/wd.tar" >"$TMP/wd.out" 2>&1) &&
+    test "$(nlayers "$TMP/wd.tar")" = $(($(nlayers "$TMP/bb.tar") + 3)) &&
+    test "$(history_empty "$TMP/wd.tar" -1)" = True && test "$(history_empty "$TMP/wd.tar" -2)" = True &&
+    test "$(history_empty "$TMP/wd.tar" -4)" = False &&
+    unpack_image "$TMP/wd.tar" "$TMP/wdu" && F=$TMP/wdu/rootfs &&
+    test "$(stat -c "%a %u:%g" "$F/home/app" "$F/home/app/work")" = "755 1000:1000
+755 1000:1000" &&
+    test "$(stat -c "%a %u:%g" "$F/home")" = "755 0:0" &&
+    test -L "$F/srv" && test "$(stat -c "%a %u:%g" "$F/data/site")" = "755 1000:1000" &&
+    test "$(config "$TMP/wd.tar" | python3 -c "import json,sys; print(json.load(sys.stdin)[\"config\"][\"WorkingDir\"])")" = / &&
+    grep -q "WORKDIR /home/app/work.*BUILT" "$TMP/wd.out" &&
+    echo notes >"$R/NOTES" && commit_all "$R" notes &&
+    (cd "$R" && SOURCE_DATE_EPOCH=1700000000 ib -o "$TMP/wd2.tar" >"$TMP/wd2.out" 2>&1) &&
+    grep -q "WORKDIR /home/app/work.*CACHED" "$TMP/wd2.out" &&
+    test "$(layer_digests "$TMP/wd.tar")" = "$(layer_digests "$TMP/wd2.tar")"
+'
+
+test_expect_success 'on scratch, WORKDIR and a later COPY see the directories of earlier layers (owner kept)' '
+    R=$TMP/wds && new_repo "$R" && echo a >"$R/a" && echo b >"$R/b" &&
+    printf "%s\n" "FROM scratch" "COPY --chown=5:6 a /app/" "WORKDIR /app" "COPY b ./" >"$R/Dockerfile" &&
+    commit_all "$R" wds &&
+    (cd "$R" && ib -o "$TMP/wds.tar" -q >/dev/null) &&
+    test "$(nlayers "$TMP/wds.tar")" = 2 &&
+    unpack_image "$TMP/wds.tar" "$TMP/wdsu" &&
+    test "$(stat -c "%u:%g" "$TMP/wdsu/rootfs/app" "$TMP/wdsu/rootfs/app/b")" = "5:6
+0:0"
+'
+
+test_expect_success 'WORKDIR with a USER the image does not have fails naming the line' '
+    R=$TMP/wdu2 && new_repo "$R" &&
+    printf "%s\n" "FROM $BASE" "USER nobody-here" "WORKDIR /w" >"$R/Dockerfile" && commit_all "$R" wdu2 &&
+    (cd "$R" && expect_error "Dockerfile:3: WORKDIR /w: USER nobody-here: no user .nobody-here." -o "$TMP/wdu2.tar") &&
+    test ! -e "$TMP/wdu2.tar"
+'
+
 test_done

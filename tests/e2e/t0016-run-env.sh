@@ -219,4 +219,47 @@ DF
     grep -qx stderr "$F/g/dev" && grep -qx shm "$F/g/dev"
 '
 
+# Base C: /etc/passwd and /etc/group are absolute symlinks (base-passwd style). They must be read inside
+# the image, never from the host path of the same name, which here holds a user the image does not have.
+printf 'hostonly:x:4242:4242::/nonexistent:/bin/sh\n' >"$TMP/host-passwd"
+printf 'hostonly:x:4242:\n' >"$TMP/host-group"
+C=$TMP/base-c
+new_repo "$C"
+bb_rootfs "$C/rootfs" sh id cat || exit 1
+mkdir -p "$C/rootfs/usr/share/bp" "$C/rootfs/$TMP"
+mv "$C/rootfs/etc/passwd" "$C/rootfs/usr/share/bp/passwd" && mv "$C/rootfs/etc/group" "$C/rootfs/usr/share/bp/group"
+# the host-path copies inside the image: the link targets resolve here, not on the host
+ln -s /usr/share/bp/passwd "$C/rootfs/$TMP/host-passwd" && ln -s /usr/share/bp/group "$C/rootfs/$TMP/host-group"
+ln -s "$TMP/host-passwd" "$C/rootfs/etc/passwd" && ln -s "$TMP/host-group" "$C/rootfs/etc/group"
+printf 'FROM scratch\nCOPY rootfs/ /\n' >"$C/Dockerfile"
+commit_all "$C" base-c
+(cd "$C" && ib --name local/bbc -o "$TMP/bbc.tar" -q >/dev/null && ib load "$TMP/bbc.tar" >/dev/null) || exit 1
+BASE_C=local/bbc:sha-$(git -C "$C" rev-parse HEAD)
+
+test_expect_success 'USER and COPY --chown read a symlinked /etc/passwd inside the image, not the host' '
+    app pwlink <<DF &&
+FROM $BASE_C
+COPY --chown=app:app Dockerfile /owned
+USER app
+RUN [ "\$(id -u):\$(id -g)" = 1000:1000 ]
+# umoci resolves USER through the host path of a symlinked /etc/passwd: end as uid 0
+USER 0
+DF
+    (cd "$TMP/pwlink" && ib -o "$TMP/pwlink.tar" -q >/dev/null) &&
+    unpack_image "$TMP/pwlink.tar" "$TMP/pwl" &&
+    test "$(stat -c %u:%g "$TMP/pwl/rootfs/owned")" = "1000:1000" &&
+    app pwhost <<DF &&
+FROM $BASE_C
+USER hostonly
+RUN true
+DF
+    (cd "$TMP/pwhost" && expect_error "no such user" -o "$TMP/pwhost.tar" -q) &&
+    test ! -e "$TMP/pwhost.tar" &&
+    app pwchown <<DF &&
+FROM $BASE_C
+COPY --chown=hostonly Dockerfile /x
+DF
+    (cd "$TMP/pwchown" && expect_error "no user .hostonly." -o "$TMP/pwchown.tar" -q)
+'
+
 test_done
