@@ -429,7 +429,11 @@ static int probe_tar(const char *path)
     archive_read_support_format_tar(a);
     archive_read_support_format_gnutar(a);
     struct archive_entry *e;
-    int ok = archive_read_open_filename(a, path, 1 << 16) == ARCHIVE_OK && archive_read_next_header(a, &e) == ARCHIVE_OK;
+    int ok = archive_read_open_filename(a, path, 1 << 16) == ARCHIVE_OK;
+    if (ok) {
+        int h = archive_read_next_header(a, &e);
+        ok = h == ARCHIVE_OK || h == ARCHIVE_WARN; /* WARN: a UTF-8 name in the C locale */
+    }
     archive_read_free(a);
     return ok;
 }

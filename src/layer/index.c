@@ -177,7 +177,10 @@ int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
     unsigned layer = ++x->layers;
     struct archive_entry *e;
     int st, r = 0;
-    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+    /* ARCHIVE_WARN: a name libarchive cannot convert to our (C) locale, such
+     * as a UTF-8 pax path in a Go-written layer (Debian's ca-certificates
+     * has "Főtanúsítvány.crt"); it keeps the raw bytes, which is the name. */
+    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK || st == ARCHIVE_WARN) {
         const char *name = archive_entry_pathname(e);
         char *clean = ib_fs_path_clean(name ? name : "", 1);
         char *slash = strrchr(clean, '/');

@@ -219,12 +219,12 @@ int ib_archive_read_member(char **out, size_t *len, const char *tar_path, const 
     struct archive_entry *e;
     r = ib_error_set(IB_ENOTFOUND, "%s: no member %s", tar_path, member);
     int st;
-    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK || st == ARCHIVE_WARN) { /* WARN: a name not in our locale */
         if (strcmp(clean_name(archive_entry_pathname(e)), member) != 0) continue;
         r = read_data_mem(out, len, a, member, max);
         break;
     }
-    if (st != ARCHIVE_OK && st != ARCHIVE_EOF)
+    if (st != ARCHIVE_OK && st != ARCHIVE_WARN && st != ARCHIVE_EOF)
         r = ib_error_set(IB_EINVALID, "%s: not a readable tar: %s", tar_path, archive_error_string(a));
     archive_read_free(a);
     return r;
@@ -417,7 +417,7 @@ int ib_archive_load(ib_loaded **out, size_t *nout, ib_store *s, const char *tar_
     size_t len;
     struct pathmap m = {0};
     int st;
-    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+    while ((st = archive_read_next_header(a, &e)) == ARCHIVE_OK || st == ARCHIVE_WARN) { /* WARN: a name not in our locale */
         if (archive_entry_filetype(e) != AE_IFREG) continue;
         const char *name = clean_name(archive_entry_pathname(e));
         if (!strcmp(name, "index.json")) {

@@ -72,4 +72,26 @@ test_expect_success 'inspect a stored image by reference, human and --json' '
     expect_error "not found in the local store" inspect legacy/base:2.0
 '
 
+test_expect_success 'a base written by Go tools (umoci: UTF-8 pax names, like ca-certificates) loads, COPY and RUN build on it' '
+    U=$TMP/umoci && mkdir -p "$U/src/etc/ssl/certs" "$U/src/home/app" &&
+    bb_rootfs "$U/src" sh ls cat &&
+    echo cert >"$U/src/etc/ssl/certs/NetLock_Arany_=Class_Gold=_Főtanúsítvány.crt" &&
+    umoci init --layout "$U/lay" >/dev/null && umoci new --image "$U/lay:base" &&
+    umoci insert --image "$U/lay:base" "$U/src" / >/dev/null &&
+    skopeo copy -q oci:"$U/lay:base" oci-archive:"$U/base.tar":local/gobase:1 &&
+    B=$(skopeo inspect --raw oci-archive:"$U/base.tar" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][0][\"digest\"][7:])") &&
+    tar -xOf "$U/base.tar" "blobs/sha256/$B" | gzip -dc | python3 -c "
+import sys, tarfile
+t = tarfile.open(fileobj=sys.stdin.buffer, mode=\"r|\")
+assert any(\"Főtanúsítvány\" in m.name and \"path\" in m.pax_headers for m in t), \"no UTF-8 pax path in the umoci layer\"" &&
+    ib load "$U/base.tar" >/dev/null &&
+    mkdir -p "$U/app" && cd "$U/app" && new_repo . && echo x >x &&
+    printf "FROM local/gobase:1\nCOPY x /home/app/\nRUN for f in /etc/ssl/certs/*; do echo \"\$f\"; cat \"\$f\"; done > /home/app/certs\n" >Dockerfile && commit_all . app &&
+    LANG= LC_ALL= ib -o "$U/app.tar" -q >/dev/null &&
+    unpack_image "$U/app.tar" "$U/out" &&
+    test -f "$U/out/rootfs/etc/ssl/certs/NetLock_Arany_=Class_Gold=_Főtanúsítvány.crt" &&
+    test "$(cat "$U/out/rootfs/home/app/certs")" = "/etc/ssl/certs/NetLock_Arany_=Class_Gold=_Főtanúsítvány.crt
+cert" && test "$(cat "$U/out/rootfs/home/app/x")" = x
+'
+
 test_done
