@@ -1,4 +1,5 @@
 #include "build/cache.h"
+#include "layer/index.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/strbuf.h"
@@ -19,6 +20,7 @@ struct ib_cache {
     ib_store *s;
     char *entries;
     char *steps;
+    char *index; /* saved layer indexes (executor.c stage_index) */
     char *lockfile;
     int lockfd;
 };
@@ -29,10 +31,12 @@ int ib_cache_open(ib_cache **out, ib_store *s)
     c->s = s;
     c->entries = ib_xasprintf("%s/cache/entries", ib_store_dir(s));
     c->steps = ib_xasprintf("%s/cache/steps", ib_store_dir(s));
+    c->index = ib_xasprintf("%s/cache/index", ib_store_dir(s));
     c->lockfile = ib_xasprintf("%s/lock", ib_store_dir(s));
     c->lockfd = -1;
     int r;
-    if ((r = ib_fs_mkdir_p(c->entries, 0755)) < 0 || (r = ib_fs_mkdir_p(c->steps, 0755)) < 0) {
+    if ((r = ib_fs_mkdir_p(c->entries, 0755)) < 0 || (r = ib_fs_mkdir_p(c->steps, 0755)) < 0 ||
+        (r = ib_fs_mkdir_p(c->index, 0755)) < 0) {
         ib_cache_free(c);
         return r;
     }
@@ -46,6 +50,7 @@ void ib_cache_free(ib_cache *c)
     if (c->lockfd >= 0) close(c->lockfd);
     free(c->entries);
     free(c->steps);
+    free(c->index);
     free(c->lockfile);
     free(c);
 }
@@ -583,6 +588,32 @@ static int kept(const digest_set *k, const char *hexname)
     return 0;
 }
 
+/* Saved layer indexes are derived data: they go with --all, with age, and
+ * when a layer blob they describe is gone (a rebuild writes them again). */
+static void prune_indexes(ib_cache *c, const ib_prune_opts *o, int64_t now)
+{
+    DIR *d = opendir(c->index);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char *p = ib_xasprintf("%s/%s", c->index, de->d_name), *tag = NULL;
+        struct stat st;
+        int drop = o->all || stat(p, &st) < 0 || (o->older_than_s && now - (int64_t)st.st_mtime > o->older_than_s) ||
+                   ib_layer_index_saved_tag(&tag, p) < 0;
+        for (char *l = tag; !drop && l && *l;) {
+            char *nl = strchr(l, '\n');
+            if (nl) *nl = 0;
+            if (!strncmp(l, "blob ", 5) && !ib_store_has_blob(c->s, l + 5, NULL)) drop = 1;
+            l = nl ? nl + 1 : NULL;
+        }
+        if (drop) unlink(p);
+        ib_error_clear();
+        free(tag);
+        free(p);
+    }
+    if (d) closedir(d);
+}
+
 int ib_cache_prune(ib_prune_result *res, ib_cache *c, const ib_prune_opts *o)
 {
     memset(res, 0, sizeof *res);
@@ -649,6 +680,7 @@ int ib_cache_prune(ib_prune_result *res, ib_cache *c, const ib_prune_opts *o)
     if (d) closedir(d);
     free(blobs);
     free(k.v);
+    prune_indexes(c, o, now);
 unlock:
     flock(c->lockfd, LOCK_UN);
     return r;

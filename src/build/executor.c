@@ -721,18 +721,67 @@ static int lower_dir(void *ctx, const char *path, unsigned *mode, unsigned *uid,
     return st->lidx ? ib_layer_index_dir(st->lidx, path, mode, uid, gid) : 0;
 }
 
+/* Saved directory indexes: <store>/cache/index/<chain hex>, tagged with the
+ * chain and the layer blobs it covers (prune drops one whose blobs went). */
+#define INDEX_SAVE_MIN ((uint64_t)4 << 20)
+
+static char *index_path(build *b, const stage *st, size_t k)
+{
+    char chain[IB_DIGEST_STRLEN + 1];
+    ib_cache_chain(chain, st->diff_ids, k);
+    return ib_xasprintf("%s/cache/index/%s", ib_store_dir(b->store), chain + 7);
+}
+
+static char *index_tag(const stage *st, size_t k)
+{
+    char chain[IB_DIGEST_STRLEN + 1];
+    ib_cache_chain(chain, st->diff_ids, k);
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, "chain %s\n", chain);
+    for (size_t i = 0; i < k; i++) ib_strbuf_addf(&sb, "blob %s\n", st->layers[i].digest);
+    return sb.s;
+}
+
 /* Brings the stage's directory index up to date with its layers (headers
  * only). On scratch too once it has layers: a later COPY must keep the owner
  * an earlier COPY --chown gave a directory, and follow its symlinks. */
 static int stage_index(build *b, stage *st)
 {
     if (!st->nlayers) return 0;
-    if (!st->lidx) st->lidx = ib_layer_index_new();
+    if (!st->lidx) {
+        /* the longest run of this stage's layers with a saved index */
+        for (size_t k = st->nlayers; k > 0 && !st->lidx; k--) {
+            char *path = index_path(b, st, k), *tag = index_tag(st, k);
+            ib_layer_index *x;
+            int r = ib_layer_index_load(&x, path, tag);
+            if (r == 0) {
+                st->lidx = x;
+                st->lidx_layers = k;
+                utimensat(AT_FDCWD, path, NULL, 0); /* last use, for prune */
+            } else if (r == IB_ECORRUPT) {
+                unlink(path); /* derived data: rebuilt below */
+            }
+            ib_error_clear();
+            free(path);
+            free(tag);
+        }
+        if (!st->lidx) st->lidx = ib_layer_index_new();
+    }
+    uint64_t read = 0;
     for (; st->lidx_layers < st->nlayers; st->lidx_layers++) {
         char *p = ib_store_blob_path(b->store, st->layers[st->lidx_layers].digest);
         int r = ib_layer_index_add(st->lidx, p);
         free(p);
         if (r < 0) return r;
+        read += st->layers[st->lidx_layers].size;
+    }
+    /* Saved only after big reads (a base, a deps layer): the small layers of
+     * code steps cost little to add again, and would leave a file per commit. */
+    if (read >= INDEX_SAVE_MIN) {
+        char *path = index_path(b, st, st->nlayers), *tag = index_tag(st, st->nlayers);
+        if (ib_layer_index_save(st->lidx, path, tag) < 0) ib_error_clear(); /* an optimisation only */
+        free(path);
+        free(tag);
     }
     return 0;
 }

@@ -1,10 +1,12 @@
 #include "layer/index.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/strbuf.h"
 #include "oci/digest.h"
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -267,5 +269,133 @@ int ib_layer_diff_id(char *out, const char *blob_path)
     if (r == 0) ib_digest_final(out, d);
     ib_digest_free(d);
     archive_read_free(a);
+    return r;
+}
+
+/* ---------- saved indexes ---------- */
+
+#define SAVE_MAGIC "imgbuild-layer-index-v1\n"
+
+int ib_layer_index_save(const ib_layer_index *x, const char *path, const char *tag)
+{
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, SAVE_MAGIC "tag %zu:%s\nlayers %u entries %zu\n", strlen(tag), tag, x->layers, x->n);
+    for (size_t i = 0; i < x->cap; i++) {
+        const dent *d = &x->v[i];
+        if (!d->path || !*d->path) continue;
+        const char *l = d->link ? d->link : "";
+        ib_strbuf_addf(&sb, "%c %o %u %u %u %zu:%s %zu:%s\n", d->kind == IB_LX_DIR ? 'd' : 'l', d->mode, d->uid, d->gid,
+                       d->layer, strlen(d->path), d->path, strlen(l), l);
+    }
+    char ck[IB_DIGEST_STRLEN + 1];
+    ib_digest_buf(ck, sb.s, sb.len);
+    ib_strbuf_addf(&sb, "check %s\n", ck);
+    int r = ib_fs_write_atomic(path, sb.s, sb.len, 0644);
+    free(sb.s);
+    return r;
+}
+
+/* "<len>:<bytes>" at *p (bytes may hold anything but NUL); advances *p. */
+static char *take_counted(const char **p, const char *end)
+{
+    char *e;
+    unsigned long long n = strtoull(*p, &e, 10);
+    if (e == *p || *e != ':' || n > (unsigned long long)(end - e - 1)) return NULL;
+    char *s = ib_xstrndup(e + 1, (size_t)n);
+    if (strlen(s) != n) {
+        free(s);
+        return NULL;
+    }
+    *p = e + 1 + n;
+    return s;
+}
+
+static int load_body(ib_layer_index *x, char **tag, const char *text, size_t len)
+{
+    const char *p = text, *end = text + len;
+    if (len < sizeof SAVE_MAGIC || memcmp(p, SAVE_MAGIC, sizeof SAVE_MAGIC - 1)) return -1;
+    p += sizeof SAVE_MAGIC - 1;
+    if (strncmp(p, "tag ", 4)) return -1;
+    p += 4;
+    if (!(*tag = take_counted(&p, end)) || *p++ != '\n') return -1;
+    unsigned layers;
+    size_t n;
+    int used = 0;
+    if (sscanf(p, "layers %u entries %zu\n%n", &layers, &n, &used) != 2 || !used) return -1;
+    p += used;
+    x->layers = layers;
+    for (size_t i = 0; i < n; i++) {
+        char kind;
+        unsigned mode, uid, gid, layer;
+        used = 0;
+        if (sscanf(p, "%c %o %u %u %u %n", &kind, &mode, &uid, &gid, &layer, &used) != 5 || !used) return -1;
+        p += used;
+        char *path = take_counted(&p, end), *link = NULL;
+        if (path && *p++ == ' ') link = take_counted(&p, end);
+        if (!path || !link || *p++ != '\n' || !*path || (kind != 'd' && kind != 'l') || (kind == 'l' && !*link)) {
+            free(path);
+            free(link);
+            return -1;
+        }
+        put(x, path, kind == 'd' ? IB_LX_DIR : IB_LX_SYMLINK, kind == 'l' ? link : NULL, mode & 07777, uid, gid,
+            layer);
+        free(path);
+        free(link);
+    }
+    return p == end ? 0 : -1;
+}
+
+int ib_layer_index_load(ib_layer_index **out, const char *path, const char *tag)
+{
+    *out = NULL;
+    char *text;
+    size_t len;
+    int r = ib_fs_read_all(&text, &len, path, (size_t)256 << 20);
+    if (r < 0) return r;
+    /* the last line checks everything before it */
+    size_t body = len;
+    while (body > 0 && text[body - 1] == '\n') body--;
+    while (body > 0 && text[body - 1] != '\n') body--;
+    char want[IB_DIGEST_STRLEN + 1], have[IB_DIGEST_STRLEN + 8];
+    ib_digest_buf(want, text, body);
+    snprintf(have, sizeof have, "check %s\n", want);
+    ib_layer_index *x = ib_layer_index_new();
+    char *got = NULL;
+    if (len - body != strlen(have) || memcmp(text + body, have, len - body) || load_body(x, &got, text, body) < 0) {
+        r = ib_error_set(IB_ECORRUPT, "%s: damaged saved layer index", path);
+    } else if (strcmp(got, tag)) {
+        r = ib_error_set(IB_ECORRUPT, "%s: saved layer index is for other layers", path);
+    }
+    free(got);
+    free(text);
+    if (r < 0) {
+        ib_layer_index_free(x);
+        return r;
+    }
+    *out = x;
+    return 0;
+}
+
+int ib_layer_index_saved_tag(char **tag, const char *path)
+{
+    *tag = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return ib_error_errno(IB_ERR, "%s", path);
+    char head[sizeof SAVE_MAGIC + 32];
+    size_t n = fread(head, 1, sizeof SAVE_MAGIC + 3, f);
+    int r = ib_error_set(IB_ECORRUPT, "%s: not a saved layer index", path);
+    unsigned long long tl;
+    if (n == sizeof SAVE_MAGIC + 3 && !memcmp(head, SAVE_MAGIC "tag ", sizeof SAVE_MAGIC + 3) &&
+        fscanf(f, "%llu:", &tl) == 1 && tl < (1u << 20)) {
+        char *t = ib_xmalloc((size_t)tl + 1);
+        if (fread(t, 1, (size_t)tl, f) == tl) {
+            t[tl] = 0;
+            *tag = t;
+            r = 0;
+        } else {
+            free(t);
+        }
+    }
+    fclose(f);
     return r;
 }

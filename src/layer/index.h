@@ -36,6 +36,16 @@ ib_lx_kind ib_layer_index_kind(const ib_layer_index *x, const char *path, const 
  * links (a loop). */
 int ib_layer_index_resolve(char **out, const ib_layer_index *x, const char *path);
 
+/* A computed index saved as a small file (written atomically, checked by
+ * a digest of its text on load), so the next build on the same layers loads
+ * it instead of reading every layer's headers again: on a Python base with
+ * a deps layer that is most of a code-only rebuild. tag says which layers
+ * it covers; load fails with IB_ECORRUPT unless the file is intact and has
+ * the same tag. saved_tag reads the tag alone (for pruning). */
+int ib_layer_index_save(const ib_layer_index *x, const char *path, const char *tag);
+int ib_layer_index_load(ib_layer_index **out, const char *path, const char *tag);
+int ib_layer_index_saved_tag(char **tag, const char *path);
+
 /* diffID of a layer blob: sha256 of its uncompressed tar (gzip/zstd/plain). */
 int ib_layer_diff_id(char *out, const char *blob_path);
 

@@ -151,6 +151,22 @@ test_expect_success 'SIGKILL at random points (x20), then a normal build gives t
     ib cache ls >/dev/null
 '
 
+test_expect_success 'saved layer indexes: written after a big layer, rebuilt when damaged, never change a digest' '
+    I=$IMGBUILD_CACHE/cache/index && test -n "$(ls "$I")" && rm -f "$I"/* &&
+    echo "def f8(): return 8" >"$R/app/m8.py" && commit_all "$R" idx0 && build "$TMP/i.tar" &&
+    ls "$I" >"$TMP/idx" && test "$(wc -l <"$TMP/idx")" = 1 && F=$I/$(cat "$TMP/idx") &&
+    head -n 1 "$F" | grep -qx "imgbuild-layer-index-v1" &&
+    printf "garbage" | dd of="$F" bs=1 seek=200 conv=notrunc 2>/dev/null &&
+    echo "def f9(): return 9" >"$R/app/m9.py" && commit_all "$R" idx &&
+    build "$TMP/i1.tar" && ! grep -q garbage "$F" && head -n 1 "$F" | grep -qx "imgbuild-layer-index-v1" &&
+    (export IMGBUILD_CACHE="$TMP/cold-idx" && cd "$R" && ib -q -o "$TMP/i0.tar" >/dev/null) &&
+    test "$(digest_of "$TMP/i1.tar")" = "$(digest_of "$TMP/i0.tar")" &&
+    rm -f "$I"/* && echo "def f10(): return 10" >"$R/app/m10.py" && commit_all "$R" idx2 &&
+    build "$TMP/i2.tar" && ls "$I" | grep -q . &&
+    (export IMGBUILD_CACHE="$TMP/cold-idx" && cd "$R" && ib -q -o "$TMP/i3.tar" >/dev/null) &&
+    test "$(digest_of "$TMP/i2.tar")" = "$(digest_of "$TMP/i3.tar")"
+'
+
 test_expect_success 'cache ls / du / prune keep what they should' '
     export IMGBUILD_CACHE="$TMP/cache" &&
     ib cache ls >"$TMP/ls" && test "$(grep -c "^sha256:" "$TMP/ls")" -ge 6 &&
@@ -160,6 +176,7 @@ test_expect_success 'cache ls / du / prune keep what they should' '
     ib cache ls >"$TMP/ls2" && n1=$(grep -c "^sha256:" "$TMP/ls2") && test "$n1" -lt "$n0" && test "$n1" -ge 1 &&
     name="docker.io/library/repo:sha-$(git -C "$R" rev-parse HEAD)" &&
     ib cache prune --all >"$TMP/p2" && grep -q "^Removed" "$TMP/p2" &&
+    test -z "$(ls "$IMGBUILD_CACHE/cache/index")" &&
     test "$(ib cache ls | grep -c "^sha256:")" = 0 &&
     ib inspect "$name" >/dev/null &&
     (cd "$R" && ib -q -o "$TMP/after.tar" >/dev/null) && test "$(digest_of "$TMP/after.tar")" = "$(digest_of "$TMP/c.tar")" &&

@@ -304,6 +304,90 @@ static void test_copy(void)
     ib_store_free(S);
 }
 
+/* What the index says about each path, one line each: the comparison of a
+ * saved-and-loaded index with the one computed from the layers. */
+static char *describe(const ib_layer_index *x, const char *const *paths)
+{
+    ib_strbuf sb = {0};
+    ib_strbuf_addf(&sb, "-");
+    for (const char *const *p = paths; *p; p++) {
+        const char *t = NULL;
+        unsigned m = 0, u = 0, g = 0;
+        int k = ib_layer_index_kind(x, *p, &t), d = ib_layer_index_dir(x, *p, &m, &u, &g);
+        ib_strbuf_addf(&sb, "%s: %d %s %d %o %u %u\n", *p, k, t ? t : "-", d, m, u, g);
+    }
+    return sb.s;
+}
+
+static void test_index_saved(void)
+{
+    static const ent weird[] = {
+        {"we\nird/", 'd', 0750, 7, NULL},
+        {"F\xc5\x91t/", 'd', 0, 0, NULL},
+        {"F\xc5\x91t/l", 'l', 0777, 0, "../we\nird"},
+        {"usr/lib/", 'd', 0, 0, NULL},
+        {NULL, 0, 0, 0, NULL},
+    };
+    /* an opaque usr/ in the layer after the saved ones hides only what lower layers had */
+    static const ent l3[] = {
+        {"usr/", 'd', 0, 0, NULL},
+        {"usr/.wh..wh..opq", 'f', 0, 0, NULL},
+        {"usr/bin2/", 'd', 0711, 3, NULL},
+        {NULL, 0, 0, 0, NULL},
+    };
+    static const char *const paths[] = {"usr", "usr/bin", "usr/lib", "usr/bin2", "bin", "chain", "etc", "etc/conf", "opt/app",
+                                        "loop1", "we\nird", "F\xc5\x91t", "F\xc5\x91t/l", "nope", NULL};
+    ib_layer_index *x = ib_layer_index_new();
+    add_layer(x, base);
+    add_layer(x, weird);
+    char *path = ib_xasprintf("%s/saved.idx", W);
+    CHECK_INT(ib_layer_index_save(x, path, "chain sha256:ab\nblob sha256:cd\n"), 0);
+    char *tag = NULL;
+    CHECK_INT(ib_layer_index_saved_tag(&tag, path), 0);
+    CHECK_STR(tag, "chain sha256:ab\nblob sha256:cd\n");
+    free(tag);
+    ib_layer_index *y = NULL;
+    CHECK_INT(ib_layer_index_load(&y, path, "chain sha256:ab\nblob sha256:cd\n"), 0);
+    if (!y) y = ib_layer_index_new();
+    char *a = describe(x, paths), *b = describe(y, paths);
+    CHECK_STR(b, a);
+    free(a);
+    free(b);
+    check_resolve(y, "F\xc5\x91t/l/x", "we\nird/x");
+    add_layer(x, l3);
+    add_layer(y, l3);
+    a = describe(x, paths);
+    b = describe(y, paths);
+    CHECK_STR(b, a);
+    CHECK(strstr(a, "usr/bin: 0 - 0") != NULL); /* hidden by the opaque marker, */
+    CHECK(strstr(a, "usr/lib: 0 - 0") != NULL); /* also from the layer just saved */
+    CHECK(strstr(a, "usr/bin2: 1 - 1 711 3 3") != NULL);
+    free(a);
+    free(b);
+    ib_layer_index_free(y);
+
+    /* another tag, a flipped byte, a truncated file: refused, never used */
+    CHECK_INT(ib_layer_index_load(&y, path, "chain sha256:ab\nblob sha256:ce\n"), IB_ECORRUPT);
+    CHECK(y == NULL);
+    char *text;
+    size_t len;
+    CHECK_INT(ib_fs_read_all(&text, &len, path, 1 << 20), 0);
+    char *hit = strstr(text, " 750 ");
+    CHECK(hit != NULL);
+    if (hit) hit[1] = '6';
+    CHECK_INT(ib_fs_write_atomic(path, text, len, 0644), 0);
+    CHECK_INT(ib_layer_index_load(&y, path, "chain sha256:ab\nblob sha256:cd\n"), IB_ECORRUPT);
+    if (hit) hit[1] = '7';
+    CHECK_INT(ib_fs_write_atomic(path, text, len / 2, 0644), 0);
+    CHECK_INT(ib_layer_index_load(&y, path, "chain sha256:ab\nblob sha256:cd\n"), IB_ECORRUPT);
+    CHECK_INT(ib_fs_write_atomic(path, text, len, 0644), 0);
+    CHECK_INT(ib_layer_index_load(&y, path, "chain sha256:ab\nblob sha256:cd\n"), 0);
+    ib_layer_index_free(y);
+    free(text);
+    free(path);
+    ib_layer_index_free(x);
+}
+
 int main(void)
 {
     if (ib_fs_mkdtemp(&W, "ib-copy-test") < 0) {
@@ -311,6 +395,7 @@ int main(void)
         return 1;
     }
     test_index();
+    test_index_saved();
     test_copy();
     ib_fs_rm_rf(W);
     free(W);
