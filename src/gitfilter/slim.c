@@ -210,6 +210,13 @@ static void count_remotes(git_repository *repo, int *n, int *has_origin)
         if (!strcmp(r.names[i], "origin")) *has_origin = 1;
 }
 
+/* git's canon_mode: any regular file mode is 100644 or 100755. */
+static uint32_t canon_mode(uint32_t m)
+{
+    if ((m & 0170000) == 0100000) return (m & 0111) ? 0100755 : 0100644;
+    return m;
+}
+
 static int not_fresh(char *why, size_t wn, git_repository *repo, const char *gitdir)
 {
     char *packdir = ib_xasprintf("%sobjects/pack", gitdir);
@@ -259,7 +266,14 @@ static int not_fresh(char *why, size_t wn, git_repository *repo, const char *git
         if (git_status_list_new(&sl, repo, &so) == 0) {
             const char *what = NULL;
             for (size_t i = 0; i < git_status_list_entrycount(sl) && !what; i++) {
-                unsigned s = git_status_byindex(sl, i)->status;
+                const git_status_entry *se = git_status_byindex(sl, i);
+                unsigned s = se->status;
+                /* A legacy 100664 (or other non-canonical) mode in HEAD's tree
+                 * against the index's 100644: git calls that clean, so do we. */
+                const git_diff_delta *hd = se->head_to_index;
+                if ((s & GIT_STATUS_INDEX_MODIFIED) && hd && git_oid_equal(&hd->old_file.id, &hd->new_file.id) &&
+                    canon_mode(hd->old_file.mode) == canon_mode(hd->new_file.mode))
+                    s &= ~(unsigned)GIT_STATUS_INDEX_MODIFIED;
                 if (s & (GIT_STATUS_INDEX_NEW | GIT_STATUS_INDEX_MODIFIED | GIT_STATUS_INDEX_DELETED |
                          GIT_STATUS_INDEX_RENAMED | GIT_STATUS_INDEX_TYPECHANGE))
                     what = "uncommitted changes";

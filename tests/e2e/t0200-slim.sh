@@ -253,6 +253,25 @@ test_expect_success 'tips whose layouts clash (a file here, a directory there; a
     test "$(cat "$(v MANIFEST)")" = "data manifest" && head -n 1 "$TMP/L.exp/MANIFEST" | grep -q "^# imgbuild slim export"
 '
 
+test_expect_success 'legacy 100664 modes: git calls such a clone clean, so does slim; trees it writes get 100644' '
+    M=$TMP/m664 && new_repo "$M/o" && echo a >"$M/o/a.txt" && mkdir -p "$M/o/data" && echo big >"$M/o/data/x" &&
+    commit_all "$M/o" init &&
+    python3 - "$M/o" <<PY &&
+import subprocess, sys
+g = lambda *a, **k: subprocess.run(["git", "-C", sys.argv[1], *a], check=True, capture_output=True, **k).stdout
+raw = lambda rev: bytes.fromhex(g("rev-parse", rev).decode().strip())
+top = b"100664 a.txt\0" + raw("HEAD:a.txt") + b"40000 data\0" + raw("HEAD:data")
+t = g("hash-object", "-t", "tree", "-w", "--literally", "--stdin", input=top).decode().strip()
+c = g("commit-tree", t, "-p", "HEAD", "-m", "legacy").decode().strip()
+g("update-ref", "refs/heads/main", c)
+PY
+    git -C "$M/o" cat-file tree HEAD^{tree} | head -c 6 | grep -q "^100664" &&
+    git clone -q --no-local "$M/o" "$M/c" && test -z "$(git -C "$M/c" status --porcelain)" &&
+    ib slim "$M/c" --path data --export-to "$M/exp" --no-backup --progress plain &&
+    git -C "$M/c" cat-file tree HEAD^{tree} | head -c 6 | grep -q "^100644" &&
+    test -z "$(git -C "$M/c" status --porcelain)" && git -C "$M/c" fsck --full --no-progress
+'
+
 test_expect_success 'fsck is clean, the data is gone from .git, which shrank, and the worktree is clean' '
     git -C "$B" fsck --full --no-progress >"$TMP/fsck.out" 2>&1 &&
     ! grep -iE "missing|broken|error|bad|corrupt" "$TMP/fsck.out" &&
