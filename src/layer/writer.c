@@ -228,7 +228,8 @@ static int write_entry(struct archive *a, struct archive_entry *ae, const entry 
     archive_entry_set_uid(ae, e->uid);
     archive_entry_set_gid(ae, e->gid);
     archive_entry_set_mtime(ae, epoch, 0);
-    if (archive_write_header(a, ae) != ARCHIVE_OK)
+    /* WARN: "can't translate pathname to UTF-8", written as raw bytes (above) */
+    if (archive_write_header(a, ae) < ARCHIVE_WARN)
         return ib_error_set(IB_ERR, "layer tar: %s: %s", e->path, archive_error_string(a));
     if (e->type == IB_LE_FILE && e->size > 0 && !e->hardlink) {
         struct data_ctx d = {a, 0, e->size, e->src_path ? e->src_path : e->path, NULL};
@@ -359,10 +360,13 @@ int ib_layer_write(ib_layer_result *res, ib_layer_builder *b, ib_store *s, ib_co
     struct archive *a = archive_write_new();
     struct archive_entry *ae = archive_entry_new();
     archive_write_set_format_pax_restricted(a);
-    /* Names are bytes (git stores bytes): never translate them through the
-     * builder's locale, which would fail on non-ASCII names in the C locale
-     * and make the layer depend on the environment. */
-    archive_write_set_format_option(a, "pax", "hdrcharset", "BINARY");
+    /* Names are bytes (git stores bytes). imgbuild never calls setlocale, so
+     * libarchive converts names from the C locale, whatever the environment:
+     * an ASCII name gets a plain ustar header, any other one a pax header
+     * with hdrcharset=BINARY and the bytes as they are (write_entry accepts
+     * that ARCHIVE_WARN). Setting hdrcharset=BINARY for the whole archive
+     * would put a pax header on every entry: 1 KiB more per file, and a
+     * warning per entry from GNU tar. */
     if (archive_write_open2(a, &p, NULL, tar_write_cb, NULL, NULL) != ARCHIVE_OK) {
         r = ib_error_set(IB_ERR, "layer tar: %s", archive_error_string(a));
         goto out;

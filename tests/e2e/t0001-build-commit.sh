@@ -17,6 +17,10 @@ echo 'flask==3.0.0' >"$R/requirements.txt"
 echo 'private' >"$R/notes/secret.md"
 echo 'keep me' >"$R/notes/KEEP.md"
 head -c 300000 /dev/zero | tr '\0' 'x' >"$R/data/big/blob.bin"
+# Names are bytes: UTF-8 (in a directory and a link target) and a Latin-1 byte must come out as they are.
+mkdir -p "$R/app/climates/Doña Ana" && echo cli >"$R/app/climates/Doña Ana/obs.cli"
+ln -s "Doña Ana/obs.cli" "$R/app/climates/latest.cli"
+echo latin1 >"$R/app/$(printf 'caf\351.txt')"
 echo cache >"$R/app/mod_1.pyc"
 echo venv >"$R/.venv/lib/site.py"
 cat >"$R/.dockerignore" <<'IGN'
@@ -108,7 +112,16 @@ test_expect_success 'umoci unpack: rootfs equals git archive of the commit minus
 test_expect_success 'layer tar is sorted, root-owned, file times 1980-01-01 (content-only bytes), no duplicates' '
     L=$(python3 -c "import json;print(json.load(open(\"$TMP/manifest.json\"))[\"layers\"][-1][\"digest\"][7:])") &&
     tar -xOf "$TMP/app.tar" "blobs/sha256/$L" | gzip -dc >"$TMP/layer.tar" &&
-    tar -tvf "$TMP/layer.tar" --numeric-owner --full-time >"$TMP/layer.lst" &&
+    tar -tvf "$TMP/layer.tar" --numeric-owner --full-time >"$TMP/layer.lst" 2>"$TMP/layer.err" &&
+    python3 -c "
+import sys, tarfile
+t = tarfile.open(sys.argv[1], encoding=\"utf-8\", errors=\"surrogateescape\")
+pax = sorted(m.name for m in t if m.pax_headers)
+# only entries whose name or link target is not ASCII need a pax header; GNU tar then warns about hdrcharset once each
+want = sorted(m.name for m in t if not (m.name + m.linkname).isascii())
+assert pax == want and len(want) == 4, (pax, want)
+" "$TMP/layer.tar" &&
+    test "$(grep -c . "$TMP/layer.err")" -le 4 &&
     ! grep -v " 0/0 " "$TMP/layer.lst" &&
     test "$(awk "{print \$4\" \"\$5}" "$TMP/layer.lst" | sort -u)" = "1980-01-01 00:00:00" &&
     tar -tf "$TMP/layer.tar" >"$TMP/names" &&
