@@ -2,7 +2,7 @@
 # Idempotent: installs only what is missing, so `make` on a ready machine costs one dpkg query.
 set -euo pipefail
 BUILD_PKGS="build-essential cmake pkg-config libarchive-dev libssl-dev libcurl4-openssl-dev libjansson-dev libzstd-dev libgit2-dev zlib1g-dev"
-TEST_PKGS="git skopeo umoci buildah docker-registry git-filter-repo busybox-static openssl pigz zstd apache2-utils curl python3 clang time debootstrap"
+TEST_PKGS="git skopeo umoci buildah docker-registry git-filter-repo busybox-static uidmap openssl pigz zstd apache2-utils curl python3 clang time debootstrap"
 want="$BUILD_PKGS"
 case "${1:-build}" in
   test|all) want="$BUILD_PKGS $TEST_PKGS" ;;

@@ -1544,7 +1544,7 @@ static int secret_mount(run_mounts *rm, kvlist *secret_env, build *b, const char
         }
         if (geteuid() != 0 && (uid || gid)) {
             free(val);
-            return ib_error_set(IB_EINVALID, "RUN --mount=%s: uid/gid other than 0 need a root build", spec);
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: uid/gid other than 0 need a root build or subordinate ids", spec);
         }
         char *copy = ib_xasprintf("%s/secret-%zu", scratch, rm->n);
         r = ib_fs_write_atomic(copy, val, len, (int)(mode & 07777));

@@ -1,6 +1,7 @@
 #include "build/sandbox.h"
 #include "build/context.h"
 #include "common/error.h"
+#include "common/userns.h"
 #include "common/fs.h"
 
 #include <dirent.h>
@@ -425,12 +426,15 @@ static int run_once(int *status, char **upper_out, const ib_sandbox_opts *o, int
         close(out[1]);
         close(err[0]);
         close(err[1]);
-        r = ib_error_set(IB_EINVALID, "RUN as USER %u:%u needs a root build: a rootless RUN maps one uid (root)",
+        r = ib_error_set(IB_EINVALID,
+                         "RUN as USER %u:%u needs a root build or subordinate ids: a rootless RUN without "
+                         "/etc/subuid and /etc/subgid ranges (and newuidmap) maps one uid (root)",
                          o->uid, o->gid);
         goto out;
     }
+    /* root of a user namespace (subordinate ids, common/userns.h) may not set trusted.* either */
     char *opts = ib_xasprintf("lowerdir=%s,upperdir=%s,workdir=%s%s", o->lower, upper, work,
-                              rootless ? ",userxattr" : "");
+                              rootless || !ib_userns_initial() ? ",userxattr" : "");
     fflush(NULL);
     pid_t builder = getpid();
     pid_t pid = fork();

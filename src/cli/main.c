@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/userns.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -74,17 +75,24 @@ int main(int argc, char **argv)
             fputs(usage, stdout);
             return 0;
         }
-        if (!strcmp(v, "build")) return ib_cmd_build(argc - 1, argv + 1);
+        if (!strcmp(v, "build")) {
+            ib_userns_reexec(argv);
+            return ib_cmd_build(argc - 1, argv + 1);
+        }
         if (!strcmp(v, "inspect")) return ib_cmd_inspect(argc - 1, argv + 1);
         if (!strcmp(v, "load")) return ib_cmd_load(argc - 1, argv + 1);
         if (!strcmp(v, "push")) return ib_cmd_push(argc - 1, argv + 1);
         if (!strcmp(v, "pull")) return ib_cmd_pull(argc - 1, argv + 1);
         if (!strcmp(v, "login")) return ib_cmd_login(argc - 1, argv + 1);
         if (!strcmp(v, "logout")) return ib_cmd_logout(argc - 1, argv + 1);
-        if (!strcmp(v, "cache")) return ib_cmd_cache(argc - 1, argv + 1);
+        if (!strcmp(v, "cache")) {
+            ib_userns_reexec(argv); /* prune removes what RUNs made as other ids */
+            return ib_cmd_cache(argc - 1, argv + 1);
+        }
         if (!strcmp(v, "retag")) return ib_cmd_retag(argc - 1, argv + 1);
         if (!strcmp(v, "slim")) return ib_cmd_slim(argc - 1, argv + 1);
     }
     /* build is the default verb: `imgbuild --tag $(git rev-parse HEAD)` */
+    ib_userns_reexec(argv);
     return ib_cmd_build(argc, argv);
 }

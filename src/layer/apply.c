@@ -28,6 +28,7 @@
 #include "layer/apply.h"
 
 #include "common/error.h"
+#include "common/userns.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -131,6 +132,7 @@ typedef struct {
     const char *name; /* raw entry name, for messages */
     int rootfd;
     bool priv; /* euid 0: restore owners, devices, setuid bits */
+    bool userns; /* root of a user namespace: no devices, ids only as mapped */
     path_set layer_paths;
     dir_fix *dirs;
     size_t ndirs, capdirs;
@@ -397,6 +399,11 @@ static void entry_times(struct archive_entry *e, struct timespec ts[2])
     }
 }
 
+/* A chown's result: in a user namespace an id outside the map (a layer
+ * file of uid 200000 with 65536 subordinate ids) stays ours (EINVAL), as
+ * rootless podman leaves it; anywhere else every failure is an error. */
+static bool owned(const apply_ctx *c, int rc) { return rc == 0 || (c->userns && errno == EINVAL); }
+
 /* Only security.capability (file capabilities, e.g. ping) and user.* are
  * restored. trusted.* could steer overlayfs if this rootfs is later a
  * lowerdir, and security.selinux & co are the host's policy, not the
@@ -413,7 +420,7 @@ static int apply_xattrs(apply_ctx *c, int fd, struct archive_entry *e)
         if (!name) continue;
         if (strcmp(name, "security.capability") != 0 && strncmp(name, "user.", 5) != 0) continue;
         if (fsetxattr(fd, name, val, size, 0) == 0) continue;
-        if (!c->priv && (errno == EPERM || errno == EACCES || errno == ENOTSUP || errno == EOPNOTSUPP))
+        if ((!c->priv || c->userns) && (errno == EPERM || errno == EACCES || errno == ENOTSUP || errno == EOPNOTSUPP))
             continue;
         return ioerr(c, "set xattr %s", name);
     }
@@ -474,7 +481,7 @@ static int write_file(apply_ctx *c, struct archive *a, struct archive_entry *e, 
     }
     /* chown clears setuid bits and capabilities, writing clears
      * capabilities: so owner, then mode, then xattrs, then times. */
-    if (c->priv && fchown(fd, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e)) < 0) {
+    if (c->priv && !owned(c, fchown(fd, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e)))) {
         r = ioerr(c, "chown");
         goto out;
     }
@@ -522,7 +529,7 @@ static int make_dir(apply_ctx *c, struct archive_entry *e, int pfd, const char *
     }
     if (fd < 0) return ioerr(c, "open directory");
     int r = 0;
-    if (c->priv && fchown(fd, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e)) < 0)
+    if (c->priv && !owned(c, fchown(fd, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e))))
         r = ioerr(c, "chown");
     /* The final mode comes at the end (defer_dir); meanwhile the owner must
      * be able to create children even if the image wants it read-only. */
@@ -546,7 +553,7 @@ static int make_symlink(apply_ctx *c, struct archive_entry *e, int pfd, const ch
     if (r < 0) return r;
     if (symlinkat(target, pfd, base) < 0) return ioerr(c, "symlink");
     if (c->priv &&
-        fchownat(pfd, base, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e), AT_SYMLINK_NOFOLLOW) < 0)
+        !owned(c, fchownat(pfd, base, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e), AT_SYMLINK_NOFOLLOW)))
         return ioerr(c, "chown");
     struct timespec ts[2];
     entry_times(e, ts);
@@ -603,12 +610,12 @@ static int make_node(apply_ctx *c, struct archive_entry *e, int pfd, const char 
 {
     /* Unprivileged mknod of devices fails, and a fifo is never what a
      * rootless unpack needs; skipped (they are still counted as entries). */
-    if (!c->priv) return 0;
+    if (!c->priv || (c->userns && type != S_IFIFO)) return 0; /* a user namespace makes no devices */
     int r = remove_existing(c, pfd, base);
     if (r < 0) return r;
     dev_t dev = type == S_IFIFO ? 0 : makedev(archive_entry_rdevmajor(e), archive_entry_rdevminor(e));
     if (mknodat(pfd, base, type | 0600, dev) < 0) return ioerr(c, "mknod");
-    if (fchownat(pfd, base, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e), AT_SYMLINK_NOFOLLOW) < 0)
+    if (!owned(c, fchownat(pfd, base, (uid_t)archive_entry_uid(e), (gid_t)archive_entry_gid(e), AT_SYMLINK_NOFOLLOW)))
         return ioerr(c, "chown");
     /* fchmodat has no working AT_SYMLINK_NOFOLLOW, but we just created this
      * name as a node and hold the only writer, so it is not a symlink. */
@@ -743,6 +750,7 @@ int ib_layer_apply(ib_apply_stats *stats, const char *root, const char *blob_pat
     memset(&c, 0, sizeof c);
     c.blob = blob_path;
     c.priv = geteuid() == 0;
+    c.userns = c.priv && !ib_userns_initial();
     c.rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (c.rootfd < 0) return ib_error_errno(IB_ERR, "%s: cannot open root", root);
 
