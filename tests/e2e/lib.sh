@@ -86,6 +86,21 @@ bb_rootfs() {
     printf 'root:x:0:\napp:x:1000:\n' >"$d/etc/group"
 }
 
+# as_user DIR ARGS...: runs imgbuild ARGS in DIR as the unprivileged user $U, with HOME=$W and the
+# cache in $W/cache, a clean environment (but the snapshot, subordinate-id and sanitizer settings), and
+# stderr kept in $TMP/last.err like ib() does.
+as_user() { # DIR ARGS...
+    local d=$1 rc=0
+    shift
+    setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups env -i PATH="$PATH" HOME="$W" IMGBUILD_CACHE="$W/cache" \
+        IMGBUILD_SNAPSHOT="${IMGBUILD_SNAPSHOT:-}" IMGBUILD_SUBIDS="${IMGBUILD_SUBIDS:-}" \
+        ASAN_OPTIONS="${ASAN_OPTIONS:-}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-}" \
+        sh -c 'cd "$1" && shift && exec "$@"' sh "$d" "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
+    cat "$TMP/last.err" >&2
+    if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$TMP/last.err"; then cp "$TMP/last.err" "$SANITIZER_MARK"; fi
+    return $rc
+}
+
 # new_repo DIR: an empty git repo with a fixed identity.
 new_repo() {
     mkdir -p "$1"

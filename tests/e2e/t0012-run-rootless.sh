@@ -29,18 +29,6 @@ DF
 printf 'FROM local/bb:sha-%s\nUSER app\nRUN id -u > /uid\n' "$(git -C "$B" rev-parse HEAD)" >"$R/Dockerfile.user"
 commit_all "$R" app
 chown -R "$U" "$W"
-# as the unprivileged user, with its own cache dir; stderr kept like ib() does
-as_user() { # DIR ARGS...
-    local d=$1 rc=0
-    shift
-    setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups env -i PATH="$PATH" HOME="$W" IMGBUILD_CACHE="$W/cache" \
-        IMGBUILD_SNAPSHOT="${IMGBUILD_SNAPSHOT:-}" \
-        ASAN_OPTIONS="${ASAN_OPTIONS:-}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-}" \
-        sh -c 'cd "$1" && shift && exec "$@"' sh "$d" "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
-    cat "$TMP/last.err" >&2
-    if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$TMP/last.err"; then cp "$TMP/last.err" "$SANITIZER_MARK"; fi
-    return $rc
-}
 
 test_expect_success 'an unprivileged user runs RUN steps: whiteouts, opaque dirs, hardlinks, root-owned layer' '
     as_user "$B" --name local/bb -o "$W/bb.tar" -q >/dev/null && as_user "$B" load "$W/bb.tar" >/dev/null &&

@@ -185,16 +185,6 @@ DF
 # Rootless: the same RUN environment where a one-uid user namespace allows it; nothing fails.
 U=nobody
 W=$TMP/rootless
-as_user() { # DIR ARGS...
-    local d=$1 rc=0
-    shift
-    setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups env -i PATH="$PATH" HOME="$W" IMGBUILD_CACHE="$W/cache" \
-        IMGBUILD_SNAPSHOT="${IMGBUILD_SNAPSHOT:-}" ASAN_OPTIONS="${ASAN_OPTIONS:-}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-}" \
-        sh -c 'cd "$1" && shift && exec "$@"' sh "$d" "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
-    cat "$TMP/last.err" >&2
-    if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$TMP/last.err"; then cp "$TMP/last.err" "$SANITIZER_MARK"; fi
-    return $rc
-}
 
 test_expect_success 'rootless: /dev links, shm, lo up, symlinked resolv.conf/hosts and empty layers still work' '
     id "$U" >/dev/null && mkdir -p "$W" && chmod 755 "$TMP" "$W" &&

@@ -37,16 +37,6 @@ DF
 printf 'FROM local/sbb:base\nUSER app\nRUN id -u > /home/app/uid\n' >"$R/Dockerfile.user"
 commit_all "$R" app
 chown -R "$U" "$W"
-as_user() { # DIR ARGS...
-    local d=$1 rc=0
-    shift
-    setpriv --reuid="$U" --regid="$(id -g "$U")" --clear-groups env -i PATH="$PATH" HOME="$W" IMGBUILD_CACHE="$W/cache" \
-        IMGBUILD_SUBIDS="${IMGBUILD_SUBIDS:-}" ASAN_OPTIONS="${ASAN_OPTIONS:-}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-}" \
-        sh -c 'cd "$1" && shift && exec "$@"' sh "$d" "$IMGBUILD" "$@" 2>"$TMP/last.err" || rc=$?
-    cat "$TMP/last.err" >&2
-    if grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$TMP/last.err"; then cp "$TMP/last.err" "$SANITIZER_MARK"; fi
-    return $rc
-}
 
 test_expect_success 'with subordinate ids a rootless RUN keeps owners, switches users, chowns, reads 0600 files' '
     as_user "$B" --name local/sbb -o "$W/base.tar" -q >/dev/null && as_user "$B" load "$W/base.tar" >/dev/null &&
