@@ -1568,8 +1568,53 @@ static int secret_mount(run_mounts *rm, kvlist *secret_env, build *b, const char
     return 0;
 }
 
+/* RUN --mount=type=ssh[,id=ID][,target=PATH][,required] (BuildKit
+ * dispatchSSH): the --ssh agent socket for ID (default "default") bound at
+ * target, default /run/buildkit/ssh_agent.N for the Nth ssh mount of the
+ * RUN, and SSH_AUTH_SOCK pointing at the first one, so `pip install
+ * git+ssh://…` and `git clone` use the keys of the builder's agent, which
+ * never enter a layer or a cache key. An id not given is skipped unless
+ * required. The socket is bound as it is: BuildKit's mode/uid/gid (for its
+ * proxy socket) are refused rather than silently ignored. */
+static int ssh_mount(run_mounts *rm, kvlist *env, build *b, const char *spec, const char *id_opt, const char *tgt,
+                     unsigned *nth)
+{
+    char id[512], buf[64];
+    snprintf(id, sizeof id, "%s", *id_opt ? id_opt : "default");
+    int required = 0;
+    if (opt_get(spec, "required", buf, sizeof buf) && parse_bool(buf, &required) < 0)
+        return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid value for required: %s", spec, buf);
+    if (opt_get(spec, "mode", buf, sizeof buf) || opt_get(spec, "uid", buf, sizeof buf) ||
+        opt_get(spec, "gid", buf, sizeof buf))
+        return ib_error_set(IB_EINVALID,
+                            "RUN --mount=%s: mode, uid and gid are not supported for ssh (the agent socket is bound "
+                            "as it is)",
+                            spec);
+    if (*tgt && tgt[0] != '/') return ib_error_set(IB_EINVALID, "RUN --mount=%s: target must be absolute", spec);
+    const char *sock = NULL;
+    size_t idl = strlen(id);
+    for (size_t k = 0; k < b->o->nssh && !sock; k++)
+        if (!strncmp(b->o->ssh[k], id, idl) && b->o->ssh[k][idl] == '=') sock = b->o->ssh[k] + idl + 1;
+    if (!sock) {
+        if (required)
+            return ib_error_set(IB_EINVALID, "RUN --mount=%s: ssh agent '%s' was not given (--ssh %s=SOCKET%s)", spec,
+                                id, id, strcmp(id, "default") ? "" : " or --ssh default");
+        return 0;
+    }
+    if (rm->n == 16) return ib_error_set(IB_EINVALID, "RUN: at most 16 --mount");
+    char *target = *tgt ? ib_xstrdup(tgt) : ib_xasprintf("/run/buildkit/ssh_agent.%u", *nth);
+    if (*nth == 0 && !kv_find(env, "SSH_AUTH_SOCK")) kv_set(env, "SSH_AUTH_SOCK", target);
+    (*nth)++;
+    ib_sandbox_mount *m = &rm->m[rm->n++];
+    m->source = own(rm, ib_xstrdup(sock));
+    m->target = own(rm, target);
+    m->is_file = 1;
+    return 0;
+}
+
 static int parse_mounts(run_mounts *rm, kvlist *secret_env, build *b, const ib_df_instr *in, const char *scratch)
 {
+    unsigned nssh = 0;
     memset(rm, 0, sizeof *rm);
     for (size_t i = 0; i < in->nflags; i++) {
         if (strcmp(in->flags[i].name, "mount") || !in->flags[i].value) continue;
@@ -1618,8 +1663,12 @@ static int parse_mounts(run_mounts *rm, kvlist *secret_env, build *b, const ib_d
         } else if (!strcmp(type, "secret")) {
             int r = secret_mount(rm, secret_env, b, spec, id, tgt, scratch);
             if (r < 0) return r;
+        } else if (!strcmp(type, "ssh")) {
+            int r = ssh_mount(rm, secret_env, b, spec, id, tgt, &nssh);
+            if (r < 0) return r;
         } else if (strcmp(type, "bind")) {
-            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported (bind, cache and secret are)", type);
+            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported (bind, cache, secret and ssh are)",
+                                type);
         }
     }
     return 0;

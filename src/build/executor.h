@@ -31,6 +31,8 @@ typedef struct {
     int network_none;         /* --network none: RUN gets no network */
     const char *const *secrets; /* "--secret id=ID,src=PATH" values */
     size_t nsecrets;
+    const char *const *ssh;   /* "--ssh ID=SOCKET" (the CLI resolved "default" to $SSH_AUTH_SOCK) */
+    size_t nssh;
     const char *const *cache_from; /* registry repositories to import cache entries from */
     size_t ncache_from;
     const char *cache_to;     /* registry repository to export this build's cache entries to */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char help[] =
@@ -30,6 +31,8 @@ static const char help[] =
     "      --cache-from REPO    also look layers up in this registry repository (repeatable)\n"
     "      --cache-to REPO      share this build's layers there (plain OCI images tagged cache-<key>)\n"
     "      --secret id=ID,src=PATH  a file for RUN --mount=type=secret,id=ID (never in a layer or a key)\n"
+    "      --ssh ID[=SOCKET]        an ssh-agent socket for RUN --mount=type=ssh,id=ID ('default' and no\n"
+    "                               SOCKET: $SSH_AUTH_SOCK); private git deps without keys in the image\n"
     "      --network MODE       default/host, or none: RUN steps get no network\n"
     "      --progress MODE      auto, plain, tty, json or quiet (default auto)\n"
     "  -j, --jobs N             compression threads (default: all cores)\n"
@@ -41,7 +44,7 @@ static const char help[] =
 
 enum {
     O_TAG = 256, O_WORKTREE, O_NAME, O_TARGET, O_BUILD_ARG, O_COMPRESSION, O_CACHE_DIR, O_NO_CACHE,
-    O_CACHE_FROM, O_CACHE_TO, O_SECRET, O_NETWORK, O_PLATFORM, O_PROGRESS
+    O_CACHE_FROM, O_CACHE_TO, O_SECRET, O_SSH, O_NETWORK, O_PLATFORM, O_PROGRESS
 };
 
 int ib_cmd_build(int argc, char **argv)
@@ -53,7 +56,7 @@ int ib_cmd_build(int argc, char **argv)
         {"build-arg", required_argument, 0, O_BUILD_ARG}, {"compression", required_argument, 0, O_COMPRESSION},
         {"cache-dir", required_argument, 0, O_CACHE_DIR}, {"no-cache", no_argument, 0, O_NO_CACHE},
         {"cache-from", required_argument, 0, O_CACHE_FROM}, {"cache-to", required_argument, 0, O_CACHE_TO},
-        {"secret", required_argument, 0, O_SECRET},  {"network", required_argument, 0, O_NETWORK},
+        {"secret", required_argument, 0, O_SECRET},  {"ssh", required_argument, 0, O_SSH},  {"network", required_argument, 0, O_NETWORK},
         {"platform", required_argument, 0, O_PLATFORM}, {"progress", required_argument, 0, O_PROGRESS},
         {"jobs", required_argument, 0, 'j'},         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},               IB_CLI_REG_OPTIONS, {0, 0, 0, 0}};
@@ -62,7 +65,8 @@ int ib_cmd_build(int argc, char **argv)
     o.reg = &ro;
     o.compression = IB_COMP_GZIP;
     const char **bargs = NULL, **cfrom = NULL, **secrets = NULL;
-    size_t nb = 0, ncfrom = 0, nsecrets = 0;
+    char **ssh = NULL;
+    size_t nb = 0, ncfrom = 0, nsecrets = 0, nssh = 0;
     int quiet = 0, c, rc = IB_EXIT_USAGE;
     ib_prog_mode pm = IB_PROG_AUTO;
     int pm_set = 0;
@@ -114,6 +118,39 @@ int ib_cmd_build(int argc, char **argv)
             secrets = realloc(secrets, (nsecrets + 1) * sizeof *secrets);
             if (!secrets) abort();
             secrets[nsecrets++] = optarg;
+            break;
+        }
+        case O_SSH: {
+            /* BuildKit's --ssh: ID alone is $SSH_AUTH_SOCK for "default" only;
+             * ID=PATH must be an agent socket (key files would need an agent of ours). */
+            const char *eq = strchr(optarg, '=');
+            int il = eq ? (int)(eq - optarg) : (int)strlen(optarg);
+            const char *path = eq ? eq + 1 : NULL;
+            if (!path && !strcmp(optarg, "default")) {
+                path = getenv("SSH_AUTH_SOCK");
+                if (!path || !*path) {
+                    rc = ib_cli_usage_error("--ssh default: SSH_AUTH_SOCK is not set (start ssh-agent, ssh-add your key)");
+                    goto out;
+                }
+            }
+            if (!il || !path || !*path || strchr(path, ',')) {
+                rc = ib_cli_usage_error("--ssh %s: expected default, or ID=SOCKET with one agent socket", optarg);
+                goto out;
+            }
+            struct stat sb;
+            int st = stat(path, &sb);
+            if (st < 0 || !S_ISSOCK(sb.st_mode)) {
+                rc = ib_cli_usage_error("--ssh %.*s=%s: %s", il, optarg, path,
+                                        st < 0 ? "no such socket"
+                                               : "not an agent socket (key files are not read: ssh-add the key to an "
+                                                 "ssh-agent and pass its socket)");
+                goto out;
+            }
+            char *v = NULL;
+            if (asprintf(&v, "%.*s=%s", il, optarg, path) < 0) abort();
+            ssh = realloc(ssh, (nssh + 1) * sizeof *ssh);
+            if (!ssh) abort();
+            ssh[nssh++] = v;
             break;
         }
         case O_NETWORK:
@@ -174,6 +211,8 @@ int ib_cmd_build(int argc, char **argv)
     o.ncache_from = ncfrom;
     o.secrets = secrets;
     o.nsecrets = nsecrets;
+    o.ssh = (const char *const *)ssh;
+    o.nssh = nssh;
     o.progress = ib_progress_new(pm, stderr);
     ib_build_result res;
     int r = ib_build(&res, &o);
@@ -207,5 +246,7 @@ out:
     free(bargs);
     free(cfrom);
     free(secrets);
+    for (size_t i = 0; i < nssh; i++) free(ssh[i]);
+    free(ssh);
     return rc;
 }

@@ -205,4 +205,43 @@ test_expect_success 'WORKDIR with a USER the image does not have fails naming th
     test ! -e "$TMP/wdu2.tar"
 '
 
+# An ssh-agent holding a fresh key, and ssh-add with its libraries in an image, to list the keys from inside.
+S=$TMP/ssh
+mkdir -p "$S/app/rootfs/usr/bin" && cp /usr/bin/ssh-add "$S/app/rootfs/usr/bin/" || exit 1
+for l in $(ldd /usr/bin/ssh-add | grep -o "/[^ ]*"); do mkdir -p "$S/app/rootfs$(dirname "$l")" && cp -L "$l" "$S/app/rootfs$l" || exit 1; done
+ssh-keygen -q -t ed25519 -N "" -C imgbuild-ssh-test -f "$S/key" || exit 1
+ssh-agent -D -a "$S/agent.sock" >/dev/null 2>&1 &
+AGENT_PID=$!
+trap 'kill $AGENT_PID 2>/dev/null; cleanup' EXIT
+for i in $(seq 1 50); do test -S "$S/agent.sock" && break; sleep 0.1; done
+SSH_AUTH_SOCK=$S/agent.sock ssh-add -q "$S/key" 2>/dev/null || { echo "ssh-add failed"; exit 1; }
+
+test_expect_success 'RUN --mount=type=ssh forwards the --ssh agent (SSH_AUTH_SOCK set); never in the layer or the key' '
+    new_repo "$S/app" &&
+    printf "%s\n" "FROM $BASE" "COPY rootfs/ /" \
+        "RUN --mount=type=ssh ssh-add -l > /keys; echo \$SSH_AUTH_SOCK > /sock" \
+        "RUN --mount=type=ssh,id=deploy,target=/tmp/agent,required=true ssh-add -l > /keys2" \
+        "RUN --mount=type=ssh,id=absent sh -c \"test -z \\\"\\\$SSH_AUTH_SOCK\\\" && echo skipped > /absent\"" >"$S/app/Dockerfile" &&
+    commit_all "$S/app" ssh &&
+    (cd "$S/app" && SSH_AUTH_SOCK=$S/agent.sock ib --ssh default --ssh deploy="$S/agent.sock" -o "$TMP/ssh.tar" -q >/dev/null) &&
+    unpack_image "$TMP/ssh.tar" "$TMP/sshu" && F=$TMP/sshu/rootfs &&
+    test "$(cat "$F/keys")" = "$(SSH_AUTH_SOCK=$S/agent.sock ssh-add -l)" && grep -q imgbuild-ssh-test "$F/keys" &&
+    test "$(cat "$F/keys2")" = "$(cat "$F/keys")" &&
+    test "$(cat "$F/sock")" = /run/buildkit/ssh_agent.0 && test "$(cat "$F/absent")" = skipped &&
+    test ! -e "$F/run/buildkit" && test ! -e "$F/tmp/agent" &&
+    ln -s "$S/agent.sock" "$S/other.sock" &&
+    (cd "$S/app" && ib --ssh default="$S/other.sock" --ssh deploy="$S/other.sock" -o "$TMP/ssh2.tar" --progress plain >/dev/null) &&
+    test "$(grep -c " CACHED " "$TMP/last.err")" = 4 &&
+    (cd "$S/app" && expect_error "Dockerfile:4: RUN --mount=type=ssh,id=deploy.*ssh agent .deploy. was not given" \
+        --ssh default="$S/agent.sock" --no-cache -o "$TMP/ssh3.tar") && test ! -e "$TMP/ssh3.tar"
+'
+
+test_expect_success '--ssh refuses what is not an agent socket, and default without SSH_AUTH_SOCK' '
+    cd "$S/app" &&
+    rc=0; (unset SSH_AUTH_SOCK; ib --ssh default -o "$TMP/x.tar") 2>"$TMP/e1" || rc=$?; test $rc = 2 &&
+    grep -q "SSH_AUTH_SOCK is not set" "$TMP/e1" &&
+    rc=0; ib --ssh default="$S/key" -o "$TMP/x.tar" 2>"$TMP/e2" || rc=$?; test $rc = 2 &&
+    grep -q "not an agent socket" "$TMP/e2" && ! grep -q "PRIVATE KEY" "$TMP/e2" && test ! -e "$TMP/x.tar"
+'
+
 test_done
