@@ -1568,6 +1568,29 @@ static int secret_mount(run_mounts *rm, kvlist *secret_env, build *b, const char
     return 0;
 }
 
+/* A tmpfs size= as BuildKit reads it (go-units RAMInBytes): a number with
+ * an optional b, k, m, g or t, any case, "b"/"ib" after the letter allowed,
+ * powers of 1024. */
+static int ram_size(unsigned long long *out, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0 || !(v == v)) return -1;
+    char u[4] = "";
+    size_t k = 0;
+    for (; *end && k < sizeof u - 1; end++) u[k++] = (char)tolower((unsigned char)*end);
+    if (*end) return -1;
+    static const char units[] = "bkmgt";
+    const char *p = *u ? strchr(units, u[0]) : units;
+    if (!p || (*u && u[1] && strcmp(u + 1, "b") && strcmp(u + 1, "ib")) || (u[0] == 'b' && u[1])) return -1;
+    double mul = 1;
+    for (const char *q = units; q < p; q++) mul *= 1024;
+    if (v * mul > 1.8e19) return -1;
+    *out = (unsigned long long)(v * mul);
+    return 0;
+}
+
 /* RUN --mount=type=ssh[,id=ID][,target=PATH][,required] (BuildKit
  * dispatchSSH): the --ssh agent socket for ID (default "default") bound at
  * target, default /run/buildkit/ssh_agent.N for the Nth ssh mount of the
@@ -1663,12 +1686,23 @@ static int parse_mounts(run_mounts *rm, kvlist *secret_env, build *b, const ib_d
         } else if (!strcmp(type, "secret")) {
             int r = secret_mount(rm, secret_env, b, spec, id, tgt, scratch);
             if (r < 0) return r;
+        } else if (!strcmp(type, "tmpfs")) {
+            /* BuildKit: target= and an optional size= */
+            if (!*tgt) return ib_error_set(IB_EINVALID, "RUN --mount=%s: a tmpfs mount needs target=", spec);
+            if (tgt[0] != '/') return ib_error_set(IB_EINVALID, "RUN --mount=%s: target must be absolute", spec);
+            unsigned long long size = 0;
+            if (opt_get(spec, "size", buf, sizeof buf) && ram_size(&size, buf) < 0)
+                return ib_error_set(IB_EINVALID, "RUN --mount=%s: invalid size %s", spec, buf);
+            m->source = NULL;
+            m->target = own(rm, ib_xstrdup(tgt));
+            m->tmpfs_size = size;
+            rm->n++;
         } else if (!strcmp(type, "ssh")) {
             int r = ssh_mount(rm, secret_env, b, spec, id, tgt, &nssh);
             if (r < 0) return r;
         } else if (strcmp(type, "bind")) {
-            return ib_error_set(IB_EINVALID, "RUN --mount=type=%s is not supported (bind, cache, secret and ssh are)",
-                                type);
+            return ib_error_set(IB_EINVALID,
+                                "RUN --mount=type=%s is not supported (bind, cache, secret, ssh and tmpfs are)", type);
         }
     }
     return 0;

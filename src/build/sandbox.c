@@ -215,6 +215,14 @@ static void child(const ib_sandbox_opts *o, const char *merged, const mpoint *mp
     for (size_t i = 0; i < o->nmounts; i++) {
         const ib_sandbox_mount *m = &o->mounts[i];
         place(p, sizeof p, merged, &mp[MP_FIXED + i], m->is_file, errfd);
+        if (!m->source) {
+            /* no malloc here: the options fit a stack buffer */
+            char opts[64];
+            if (m->tmpfs_size) snprintf(opts, sizeof opts, "mode=1777,size=%llu", m->tmpfs_size);
+            else snprintf(opts, sizeof opts, "mode=1777");
+            if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) die(errfd, m->target);
+            continue;
+        }
         if (mount(m->source, p, NULL, MS_BIND | MS_REC, NULL) < 0) die(errfd, m->target);
         if (m->readonly) mount(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
     }

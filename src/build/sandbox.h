@@ -17,10 +17,11 @@ typedef int (*ib_line_fn)(void *ctx, const char *line);
 /* A host path bound into the run (cache mount dirs, secret files): never
  * part of the layer, whatever the command writes there. */
 typedef struct {
-    const char *source;
+    const char *source;         /* NULL: a tmpfs (RUN --mount=type=tmpfs) */
     const char *target;         /* absolute path inside the image */
     int is_file;
     int readonly;
+    unsigned long long tmpfs_size; /* bytes, 0 = the kernel's default (half of RAM) */
 } ib_sandbox_mount;
 
 typedef struct {

@@ -130,10 +130,21 @@ test_expect_success 'a secret is readable during RUN and absent from layers, cac
     (cd "$S" && expect_error "Dockerfile:2: RUN --mount=.*secret .token. was not given" --no-cache -o "$TMP/s2.tar")
 '
 
-test_expect_success 'other RUN --mount types are refused clearly' '
-    F3=$TMP/bind && new_repo "$F3" &&
-    printf "FROM %s\nRUN --mount=type=tmpfs,target=/scratch true\n" "$BASE" >"$F3/Dockerfile" && commit_all "$F3" m &&
-    (cd "$F3" && expect_error "Dockerfile:2: RUN --mount=type=tmpfs is not supported" -o "$TMP/m.tar")
+test_expect_success 'RUN --mount=type=tmpfs: a private tmpfs (1777, size= enforced) that never reaches the layer' '
+    F3=$TMP/tmpfs && new_repo "$F3" &&
+    printf "%s\n" "FROM $BASE" \
+        "RUN --mount=type=tmpfs,target=/scratch/work,size=64k sh -c \"echo x > /scratch/work/f && stat -c %a /scratch/work > /mode && (head -c 200000 /dev/zero > /scratch/work/big && echo fit || echo full) > /limit\"" \
+        "RUN --mount=type=tmpfs,target=/scratch sh -c \"test ! -e /scratch/work/f && echo empty > /second\"" \
+        "RUN --mount=type=tmpfs,target=/t,size=lots true" >"$F3/Dockerfile" &&
+    sed -i "\$d" "$F3/Dockerfile" && commit_all "$F3" m &&
+    (cd "$F3" && ib -o "$TMP/m.tar" -q >/dev/null) &&
+    unpack_image "$TMP/m.tar" "$TMP/mu" && test "$(cat "$TMP/mu/rootfs/mode")" = 1777 &&
+    test "$(cat "$TMP/mu/rootfs/limit")" = full && test "$(cat "$TMP/mu/rootfs/second")" = empty &&
+    test ! -e "$TMP/mu/rootfs/scratch" &&
+    printf "FROM %s\nRUN --mount=type=tmpfs,target=/t,size=lots true\n" "$BASE" >"$F3/Dockerfile" && commit_all "$F3" bad &&
+    (cd "$F3" && expect_error "Dockerfile:2: RUN --mount=type=tmpfs,target=/t,size=lots: invalid size lots" -o "$TMP/m2.tar") &&
+    printf "FROM %s\nRUN --mount=type=npipe,target=/t true\n" "$BASE" >"$F3/Dockerfile" && commit_all "$F3" npipe &&
+    (cd "$F3" && expect_error "Dockerfile:2: RUN --mount=type=npipe is not supported" -o "$TMP/m3.tar")
 '
 
 test_done
