@@ -11,8 +11,12 @@
 #include <unistd.h>
 
 static const char help[] =
-    "usage: imgbuild login HOST -u USER --password-stdin [flags]\n"
-    "       imgbuild logout HOST [--authfile PATH]\n"
+    "usage: imgbuild login HOST[/NAMESPACE] -u USER --password-stdin [flags]\n"
+    "       imgbuild logout HOST[/NAMESPACE] [--authfile PATH]\n"
+    "\n"
+    "HOST/NAMESPACE (e.g. harbor.local/wepp) stores the credentials for the\n"
+    "repositories under it only, as podman login does: one robot account per\n"
+    "Harbor project on one registry (podman, skopeo and imgbuild read such keys).\n"
     "\n"
     "login checks the credentials against the registry, then stores them where\n"
     "docker, podman and skopeo find them ($REGISTRY_AUTH_FILE, else\n"
@@ -65,17 +69,23 @@ static int login_or_logout(int argc, char **argv, int logout)
         }
     }
     if (argc - optind != 1) return ib_cli_usage_error("%s: expected one HOST", logout ? "logout" : "login");
-    const char *host = argv[optind];
-    if (strchr(host, '/')) return ib_cli_usage_error("%s: give the registry host[:port] only, not %s", logout ? "logout" : "login", host);
+    /* KEY is HOST or HOST/NAMESPACE; the registry is always asked at HOST */
+    const char *key = argv[optind];
+    size_t hl = strcspn(key, "/");
+    if (!hl || (key[hl] && (!key[hl + 1] || strstr(key + hl, "//") || key[strlen(key) - 1] == '/')))
+        return ib_cli_usage_error("%s: expected HOST[:PORT] or HOST/NAMESPACE, not '%s'", logout ? "logout" : "login",
+                                  key);
+    char host[512];
+    snprintf(host, sizeof host, "%.*s", (int)hl, key);
     char *path = NULL;
     if (logout) {
-        int r = ib_auth_remove(&path, host, ro.authfile);
+        int r = ib_auth_remove(&path, key, ro.authfile);
         if (r == IB_ENOTFOUND) {
             free(path);
-            return ib_cli_usage_error("logout: not logged in to %s", host);
+            return ib_cli_usage_error("logout: not logged in to %s", key);
         }
         if (r < 0) return ib_cli_fail(r);
-        printf("Removed login credentials for %s from %s\n", host, path);
+        printf("Removed login credentials for %s from %s\n", key, path);
         free(path);
         return 0;
     }
@@ -109,14 +119,14 @@ static int login_or_logout(int argc, char **argv, int logout)
     ib_registry_free(reg);
     unlink(tmpl);
     ib_fs_tmp_forget(tmpl);
-    if (r == 0) r = ib_auth_store(&path, host, user, pw, ro.authfile);
+    if (r == 0) r = ib_auth_store(&path, key, user, pw, ro.authfile);
     memset(pw, 0, strlen(pw));
     free(pw);
     if (r < 0) {
         free(path);
         return ib_cli_fail(r);
     }
-    printf("Login succeeded: %s (credentials in %s)\n", host, path);
+    printf("Login succeeded: %s (credentials in %s)\n", key, path);
     free(path);
     return 0;
 }

@@ -130,6 +130,19 @@ test_expect_success 'token auth (Harbor-style): one token for all scopes even wi
     ib pull --ca-file "$K_CA" "$K_HOST/wepp/app:sha-$SHA" -q >"$TMP/d2" && test "$(cat "$TMP/d2")" = "$D"
 '
 
+test_expect_success 'login HOST/NAMESPACE: that account serves the namespace only; logout HOST/NAMESPACE removes it alone' '
+    printf "%s" "$K_PASS" | ib login "$K_HOST/wepp" -u "$K_USER" --password-stdin --ca-file "$K_CA" >"$TMP/nslogin" &&
+    grep -q "^Login succeeded: $K_HOST/wepp " "$TMP/nslogin" &&
+    python3 -c "import json,os,sys; a=json.load(open(os.path.expanduser(\"~/.docker/config.json\")))[\"auths\"]; assert \"$K_HOST/wepp\" in a and \"$K_HOST\" in a, sorted(a)" &&
+    ib push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/wepp/app:ns" -q >/dev/null &&
+    expect_error "denied|permission|insufficient" push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/weppx/app:ns" &&
+    ib logout "$K_HOST/wepp" | grep -q "Removed login credentials for $K_HOST/wepp" &&
+    python3 -c "import json,os,sys; a=json.load(open(os.path.expanduser(\"~/.docker/config.json\")))[\"auths\"]; assert \"$K_HOST/wepp\" not in a and \"$K_HOST\" in a, sorted(a)" &&
+    expect_error "denied|permission|insufficient" push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/wepp/app:ns2" &&
+    rc=0; ib login "$K_HOST/" -u x --password-stdin </dev/null 2>"$TMP/nserr" || rc=$?; test $rc = 2 &&
+    grep -q "expected HOST\[:PORT\] or HOST/NAMESPACE, not .$K_HOST/." "$TMP/nserr"
+'
+
 test_expect_success 'a connection cut mid-upload is recovered (resume or restart) and ends with the right digest' '
     tcp_cut_proxy CUT "$P_HOST" 1500000 || exit 1
     ib push --plain-http --chunk-size 1000000 -j 1 "$TMP/app.tar" "$CUT/wepp/cut" --progress plain >"$TMP/cut.out" &&
