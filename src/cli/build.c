@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "common/error.h"
 #include "common/progress.h"
+#include "oci/reference.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -203,6 +204,38 @@ int ib_cmd_build(int argc, char **argv)
     if (o.rev && o.worktree) {
         rc = ib_cli_usage_error("--tag and --worktree exclude each other: --worktree builds the files on disk");
         goto out;
+    }
+    /* Checked before anything is built or pushed (--cache-to): a typo in
+     * --name or -o must not cost a whole build. */
+    if (o.name) {
+        ib_ref ref;
+        if (ib_ref_parse(&ref, o.name, NULL) < 0) {
+            rc = ib_cli_usage_error("--name: %s", ib_error_last());
+            goto out;
+        }
+        int has_tag = ref.tag || ref.digest;
+        ib_ref_clear(&ref);
+        if (has_tag) {
+            rc = ib_cli_usage_error("--name %s: give the repository only; the tag is sha-<commit>", o.name);
+            goto out;
+        }
+    }
+    if (o.output) {
+        struct stat sb;
+        char *dir = strdup(o.output);
+        if (!dir) abort();
+        char *sl = strrchr(dir, '/');
+        if (sl) *(sl == dir ? sl + 1 : sl) = 0;
+        const char *d = sl ? dir : ".";
+        int bad_dir = stat(o.output, &sb) == 0 && S_ISDIR(sb.st_mode);
+        int no_dir = !bad_dir && (stat(d, &sb) < 0 || !S_ISDIR(sb.st_mode));
+        int unwritable = !bad_dir && !no_dir && access(d, W_OK) < 0;
+        if (bad_dir || no_dir || unwritable)
+            rc = ib_cli_usage_error("-o %s: %s %s", o.output,
+                                    bad_dir ? "is a directory" : no_dir ? "no such directory" : "cannot write in",
+                                    bad_dir ? "(give a file name)" : d);
+        free(dir);
+        if (bad_dir || no_dir || unwritable) goto out;
     }
     if (quiet && !pm_set) pm = IB_PROG_QUIET;
     o.build_args = bargs;

@@ -81,6 +81,15 @@ test_expect_success 'usage errors exit 2 and name the flag' '
     rc=0; (cd "$R" && ib -f) || rc=$?; test "$rc" = 2 && grep -q "missing value" "$TMP/last.err" &&
     nothing_left
 '
+
+test_expect_success 'a bad --name or -o fails before any step runs (nothing built, nothing pushed)' '
+    for a in "--name Bad/Name|--name: invalid reference .Bad/Name." "--name ok/x:v1|--name ok/x:v1: give the repository only" \
+        "-o $TMP/nodir/x.tar|-o $TMP/nodir/x.tar: no such directory" "-o $TMP|-o $TMP: is a directory"; do
+        rc=0; (cd "$R" && ib -f Dockerfile.ok --progress plain ${a%%|*}) || rc=$?
+        test "$rc" = 2 && grep -q "^imgbuild: error: ${a#*|}" "$TMP/last.err" && ! grep -q "^#" "$TMP/last.err" || exit 1
+    done &&
+    nothing_left
+'
 test_expect_success 'a corrupt store blob is detected, never used' '
     cd "$R" && ib -f Dockerfile.ok -o "$TMP/c1.tar" -q >/dev/null &&
     L=$(skopeo inspect --raw oci-archive:"$TMP/c1.tar" | python3 -c "import json,sys;print(json.load(sys.stdin)[\"layers\"][0][\"digest\"][7:])") &&
