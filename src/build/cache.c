@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -588,6 +589,83 @@ static int kept(const digest_set *k, const char *hexname)
     return 0;
 }
 
+static uint64_t tree_bytes;
+static int tree_bytes_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)path, (void)flag, (void)ftw;
+    if (S_ISREG(st->st_mode)) tree_bytes += (uint64_t)st->st_blocks * 512;
+    return 0;
+}
+
+/* Disk use of a tree (blocks, as du counts). Not thread-safe: the CLI and
+ * prune call it with the store lock held. */
+static uint64_t du_tree(const char *dir)
+{
+    tree_bytes = 0;
+    nftw(dir, tree_bytes_cb, 16, FTW_PHYS);
+    return tree_bytes;
+}
+
+/* Calls fn for each cache mount dir (not its .lock file). */
+static void each_mount(ib_cache *c, void (*fn)(void *ud, const char *dir, const struct stat *st), void *ud)
+{
+    char *root = ib_xasprintf("%s/mounts", ib_store_dir(c->s));
+    DIR *d = opendir(root);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.' || strchr(de->d_name, '.')) continue;
+        char *p = ib_xasprintf("%s/%s", root, de->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) fn(ud, p, &st);
+        free(p);
+    }
+    if (d) closedir(d);
+    free(root);
+}
+
+struct mount_usage {
+    uint64_t bytes;
+    size_t n;
+};
+
+static void add_usage(void *ud, const char *dir, const struct stat *st)
+{
+    (void)st;
+    struct mount_usage *u = ud;
+    u->bytes += du_tree(dir);
+    u->n++;
+}
+
+uint64_t ib_cache_mounts_usage(ib_cache *c, size_t *count)
+{
+    struct mount_usage u = {0, 0};
+    each_mount(c, add_usage, &u);
+    if (count) *count = u.n;
+    return u.bytes;
+}
+
+struct mount_prune {
+    const ib_prune_opts *o;
+    int64_t now;
+    ib_prune_result *res;
+};
+
+static void prune_mount(void *ud, const char *dir, const struct stat *st)
+{
+    struct mount_prune *mp = ud;
+    if (!mp->o->all && !(mp->o->older_than_s && mp->now - (int64_t)st->st_mtime > mp->o->older_than_s)) return;
+    uint64_t bytes = du_tree(dir);
+    if (ib_fs_rm_rf(dir) < 0) {
+        ib_error_clear();
+        return;
+    }
+    char *lk = ib_xasprintf("%s.lock", dir);
+    unlink(lk);
+    free(lk);
+    mp->res->mounts_removed++;
+    mp->res->bytes_freed += bytes;
+}
+
 /* Saved layer indexes are derived data: they go with --all, with age, and
  * when a layer blob they describe is gone (a rebuild writes them again). */
 static void prune_indexes(ib_cache *c, const ib_prune_opts *o, int64_t now)
@@ -681,6 +759,8 @@ int ib_cache_prune(ib_prune_result *res, ib_cache *c, const ib_prune_opts *o)
     free(blobs);
     free(k.v);
     prune_indexes(c, o, now);
+    struct mount_prune mp = {o, now, res};
+    each_mount(c, prune_mount, &mp);
 unlock:
     flock(c->lockfd, LOCK_UN);
     return r;

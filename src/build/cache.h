@@ -71,9 +71,13 @@ typedef struct {
     uint64_t keep_bytes;      /* 0 = no size limit */
 } ib_prune_opts;
 typedef struct {
-    size_t entries_removed, blobs_removed;
-    uint64_t bytes_freed;
+    size_t entries_removed, blobs_removed, mounts_removed;
+    uint64_t bytes_freed; /* blobs and cache mounts */
 } ib_prune_result;
+/* RUN --mount=type=cache directories (<store>/mounts/<id hash>): how many
+ * and their total size. prune removes them with --all, or when unused for
+ * older_than (a build touches each mount it uses); keep_bytes leaves them. */
+uint64_t ib_cache_mounts_usage(ib_cache *c, size_t *count);
 /* Removes entries (by age / least recently used beyond keep_bytes / all),
  * then every blob no remaining entry and no named image references. Takes
  * the store's exclusive lock, so it never races a build (builds hold it shared). */

@@ -1664,6 +1664,8 @@ static int parse_mounts(run_mounts *rm, kvlist *secret_env, build *b, const ib_d
             unsigned mode = opt_get(spec, "mode", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 8) : 0755;
             unsigned uid = opt_get(spec, "uid", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 10) : 0;
             unsigned gid = opt_get(spec, "gid", buf, sizeof buf) ? (unsigned)strtoul(buf, NULL, 10) : 0;
+            /* the mtime is its last use, for cache prune --older-than */
+            utimensat(AT_FDCWD, dir, NULL, 0);
             if (chmod(dir, mode) < 0 || (geteuid() == 0 && chown(dir, uid, gid) < 0)) {
                 r = ib_error_errno(IB_ERR, "cache mount %s", dir);
                 free(dir);

@@ -82,6 +82,14 @@ static uint64_t dir_bytes(const char *dir, size_t *count)
     return total;
 }
 
+/* Most recently used first, then by key: a stable listing. */
+static int by_last_use(const void *a, const void *b)
+{
+    const ib_cache_entry *x = a, *y = b;
+    if (x->last_used != y->last_used) return x->last_used > y->last_used ? -1 : 1;
+    return strcmp(x->key, y->key);
+}
+
 int ib_cmd_cache(int argc, char **argv)
 {
     static const struct option opts[] = {{"all", no_argument, 0, 'a'},
@@ -130,6 +138,7 @@ int ib_cmd_cache(int argc, char **argv)
         if ((r = ib_cache_list(&e, &n, cache)) < 0) {
             rc = ib_cli_fail(r);
         } else {
+            qsort(e, n, sizeof *e, by_last_use);
             printf("%-19s  %10s  %-19s  %s\n", "KEY", "SIZE", "LAST USED", "STEP");
             for (size_t i = 0; i < n; i++) {
                 char hs[32], ts[32];
@@ -154,10 +163,15 @@ int ib_cmd_cache(int argc, char **argv)
             for (size_t i = 0; i < n; i++) layers += e[i].size;
             ib_cache_entries_free(e, n);
         }
-        char h1[32], h2[32];
+        size_t nm = 0;
+        uint64_t mb = ib_cache_mounts_usage(cache, &nm);
+        char h1[32], h2[32], h3[32];
         ib_human_size(h1, bb);
         ib_human_size(h2, layers);
-        printf("Store   %s in %zu blobs (%s)\nCache   %zu entries, %s of layers\n", h1, nb, b, ne, h2);
+        ib_human_size(h3, mb);
+        printf("Store   %s in %zu blobs (%s)\nCache   %zu entries, %s of layers\nMounts  %zu cache mount%s, %s "
+               "(RUN --mount=type=cache)\n",
+               h1, nb, b, ne, h2, nm, nm == 1 ? "" : "s", h3);
         free(b);
         free(en);
     } else {
@@ -167,8 +181,9 @@ int ib_cmd_cache(int argc, char **argv)
         } else {
             char hs[32];
             ib_human_size(hs, pr.bytes_freed);
-            printf("Removed %zu cache entr%s and %zu blob%s, freed %s\n", pr.entries_removed,
-                   pr.entries_removed == 1 ? "y" : "ies", pr.blobs_removed, pr.blobs_removed == 1 ? "" : "s", hs);
+            printf("Removed %zu cache entr%s, %zu blob%s and %zu cache mount%s, freed %s\n", pr.entries_removed,
+                   pr.entries_removed == 1 ? "y" : "ies", pr.blobs_removed, pr.blobs_removed == 1 ? "" : "s",
+                   pr.mounts_removed, pr.mounts_removed == 1 ? "" : "s", hs);
         }
     }
     ib_cache_free(cache);

@@ -111,7 +111,12 @@ test_expect_success 'cache mounts persist between builds and stay out of the ima
     unpack_image "$TMP/m2.tar" "$TMP/mb" &&
     test "$(cat "$TMP/mb/rootfs/runs.txt" | tr -d " ")" = 2 &&
     test ! -e "$TMP/mb/rootfs/root/.cache/pip/log" &&
-    test "$(cat "$IMGBUILD_CACHE"/mounts/*/log | wc -l)" = 2
+    test "$(cat "$IMGBUILD_CACHE"/mounts/*/log | wc -l)" = 2 &&
+    ib cache du | grep -qE "^Mounts  1 cache mount, [0-9.]+ [kM]?B \(RUN --mount=type=cache\)" &&
+    ib cache prune --older-than 1h | grep -q "and 0 cache mounts, freed" && test -n "$(ls "$IMGBUILD_CACHE"/mounts/*/log)" &&
+    ib cache prune --all | grep -q "and 1 cache mount, freed" && test -z "$(ls -A "$IMGBUILD_CACHE/mounts")" &&
+    (cd "$M" && ib --no-cache -o "$TMP/m3.tar" -q >/dev/null) && unpack_image "$TMP/m3.tar" "$TMP/mc" &&
+    test "$(cat "$TMP/mc/rootfs/runs.txt" | tr -d " ")" = 1
 '
 
 test_expect_success 'a secret is readable during RUN and absent from layers, cache keys and the tarball' '
