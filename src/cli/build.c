@@ -193,6 +193,13 @@ int ib_cmd_build(int argc, char **argv)
         }
     }
     if (optind < argc) o.context_dir = argv[optind++];
+    if (o.context_dir && !strchr(o.context_dir, '/') && access(o.context_dir, F_OK) < 0) {
+        /* `imgbuild biuld`: more likely a mistyped command than a missing dir */
+        rc = ib_cli_usage_error("'%s' is neither a directory nor a command (build, push, pull, inspect, load, login, "
+                                "logout, cache, retag, slim; see imgbuild --help)",
+                                o.context_dir);
+        goto out;
+    }
     if (optind < argc) {
         rc = ib_cli_usage_error("unexpected argument '%s' (one CONTEXT only)", argv[optind]);
         goto out;

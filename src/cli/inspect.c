@@ -173,6 +173,13 @@ int ib_cmd_inspect(int argc, char **argv)
     uint64_t msize = 0;
     int r;
     struct stat sb;
+    size_t wl = strlen(what);
+    if (stat(what, &sb) < 0 && ((wl > 4 && !strcmp(what + wl - 4, ".tar")) || strchr(what, '/') == what ||
+                                !strncmp(what, "./", 2) || !strncmp(what, "../", 3))) {
+        /* a path, not a reference: never ask Docker Hub for "docker.io/library/app.tar" */
+        ib_error_set(IB_ENOTFOUND, "%s: no such file", what);
+        return ib_cli_fail(IB_ENOTFOUND);
+    }
     if (stat(what, &sb) == 0 && S_ISREG(sb.st_mode)) {
         char *idx;
         size_t len;

@@ -82,6 +82,11 @@ test_expect_success 'usage errors exit 2 and name the flag' '
     nothing_left
 '
 
+test_expect_success 'a mistyped command is a usage error naming the commands, not a missing context' '
+    rc=0; (cd "$R" && ib biuld) || rc=$?; test "$rc" = 2 &&
+    grep -q "^imgbuild: error: .biuld. is neither a directory nor a command (build, push" "$TMP/last.err" && nothing_left
+'
+
 test_expect_success 'a bad --name or -o fails before any step runs (nothing built, nothing pushed)' '
     for a in "--name Bad/Name|--name: invalid reference .Bad/Name." "--name ok/x:v1|--name ok/x:v1: give the repository only" \
         "-o $TMP/nodir/x.tar|-o $TMP/nodir/x.tar: no such directory" "-o $TMP|-o $TMP: is a directory"; do

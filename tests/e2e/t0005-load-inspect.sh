@@ -64,6 +64,11 @@ test_expect_success 'not an image archive / missing file' '
     expect_error "nope.tar" load "$TMP/nope.tar"
 '
 
+test_expect_success 'inspect of a missing tarball says so, without asking a registry' '
+    expect_error "^imgbuild: error: $TMP/typo.tar: no such file$" inspect "$TMP/typo.tar" &&
+    ! grep -qi "registry\|docker.io\|resolve" "$TMP/last.err"
+'
+
 test_expect_success 'inspect a stored image by reference, human and --json' '
     ib inspect registry.example.com/base/os:sha-$SHA >"$TMP/i1" &&
     grep -q "^Digest  *$(digest_of "$TMP/base.tar")" "$TMP/i1" &&
