@@ -257,6 +257,7 @@ int ib_cmd_build(int argc, char **argv)
     ib_build_result res;
     int r = ib_build(&res, &o);
     if (r < 0) {
+        ib_progress_error(o.progress, ib_error_last(), r == IB_EUSAGE ? IB_EXIT_USAGE : IB_EXIT_FAIL);
         rc = ib_cli_fail(r);
         ib_progress_free(o.progress);
         goto out;

@@ -317,6 +317,17 @@ void ib_progress_msg(ib_progress *p, const char *kind, const char *fmt, ...)
     fflush(p->out);
 }
 
+void ib_progress_error(ib_progress *p, const char *message, int exit_code)
+{
+    if (!p || p->mode != IB_PROG_JSON) return;
+    json_t *j = json_pack("{s:s,s:s,s:i}", "event", "error", "message", message ? message : "", "exit", exit_code);
+    char *s = json_dumps(j, JSON_COMPACT);
+    fprintf(p->out, "%s\n", s);
+    fflush(p->out);
+    free(s);
+    json_decref(j);
+}
+
 void ib_progress_result(ib_progress *p, const char *json_obj)
 {
     if (p->mode != IB_PROG_JSON) return;

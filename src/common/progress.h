@@ -36,6 +36,10 @@ void ib_progress_bar(ib_progress *p, const char *id, const char *label, uint64_t
 void ib_progress_bar_done(ib_progress *p, const char *id);
 /* Emits a final JSON object (json mode) / nothing in other modes. json_obj is a serialised object. */
 void ib_progress_result(ib_progress *p, const char *json_obj);
+/* The failure, as the last event in json mode ({"event":"error","message":…,
+ * "exit":N}), so a script reading events sees how the run ended; nothing in
+ * other modes (the one-line "imgbuild: error:" on stderr is always there). */
+void ib_progress_error(ib_progress *p, const char *message, int exit_code);
 
 /* "1.2 MB", "532 B" (SI units, as docker prints). */
 void ib_human_size(char out[32], uint64_t n);

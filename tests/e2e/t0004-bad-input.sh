@@ -82,6 +82,16 @@ test_expect_success 'usage errors exit 2 and name the flag' '
     nothing_left
 '
 
+test_expect_success 'with --progress json a failure ends with an error event (then the one error line)' '
+    rc=0; (cd "$R" && ib -f Dockerfile.nosrc --progress json -o out/img.tar) || rc=$?; test "$rc" = 1 &&
+    test "$(grep -c "^imgbuild: error: " "$TMP/last.err")" = 1 &&
+    grep "^{" "$TMP/last.err" | tail -n 1 | python3 -c "
+import json, sys
+e = json.loads(sys.stdin.read())
+assert e[\"event\"] == \"error\" and e[\"exit\"] == 1 and \"Dockerfile.nosrc:3: COPY app/nope.py: not found\" in e[\"message\"], e" &&
+    nothing_left
+'
+
 test_expect_success 'a mistyped command is a usage error naming the commands, not a missing context' '
     rc=0; (cd "$R" && ib biuld) || rc=$?; test "$rc" = 2 &&
     grep -q "^imgbuild: error: .biuld. is neither a directory nor a command (build, push" "$TMP/last.err" && nothing_left
