@@ -786,10 +786,11 @@ static int stage_index(build *b, stage *st)
     return 0;
 }
 
+static int id_lookup(unsigned *id, unsigned *gid_out, const char *rootfs, const char *file, const char *name);
+
 /* WORKDIR makes its directory when the image lacks it, in a layer of its
  * own, as BuildKit does (dispatchWorkdir: llb.Mkdir with parents, 0755,
- * owned by the USER in effect, its group defaulting to the uid as for
- * --chown): an image whose WORKDIR no RUN or COPY touches still has it, and
+ * owned by the USER in effect): an image whose WORKDIR no RUN or COPY touches still has it, and
  * a USER app can write to a WORKDIR it did not create. Existing directories
  * (through the image's symlinks) make no layer. The key holds the USER as
  * written, not its uid: the parent chain fixes /etc/passwd, so a cache hit
@@ -832,18 +833,26 @@ static int workdir_layer(ib_layer_result *lr, int *made, int *hit, char *why, si
                                       : ib_cache_explain(b->cache, locator, sb.s);
         snprintf(why, whysz, "rebuilt: %s", reason);
         free(reason);
+        /* The owner BuildKit's file ops give (llbsolver/file readUser): a
+         * numeric user is uid = gid = it; a name takes its passwd uid and
+         * primary gid, or 0:0 when the image has no such user; a ":group"
+         * by number, or by /etc/group name when there is one. */
         unsigned uid = 0, gid = 0;
         if (user && *user) {
+            char *un = ib_xstrdup(user), *gn = strchr(un, ':');
+            if (gn) *gn++ = 0;
+            int unum = *un && strspn(un, "0123456789") == strlen(un);
+            int gnum = !gn || !*gn || strspn(gn, "0123456789") == strlen(gn);
             const char *root = NULL;
-            int numeric = strspn(user, "0123456789:") == strlen(user);
-            if (!numeric) r = stage_rootfs(&root, b, st);
-            if (r == 0) r = ib_copy_parse_chown(&uid, &gid, user, root);
-            if (r < 0) {
-                const char *e = ib_error_last();
-                char *msg = ib_xstrdup(!strncmp(e, "--chown: ", 9) ? e + 9 : e);
-                r = ib_error_set(r, "WORKDIR %s: USER %s: %s", wd, user, msg);
-                free(msg);
+            if (!unum || !gnum) r = stage_rootfs(&root, b, st);
+            if (r == 0) {
+                if (unum) uid = gid = (unsigned)strtoul(un, NULL, 10);
+                else if (id_lookup(&uid, &gid, root, "passwd", un) != 0) uid = gid = 0;
+                unsigned gg;
+                if (gn && *gn && gnum) gid = (unsigned)strtoul(gn, NULL, 10);
+                else if (gn && *gn && id_lookup(&gg, NULL, root, "group", gn) == 0) gid = gg;
             }
+            free(un);
         }
         ib_layer_builder *lb = r == 0 ? ib_layer_builder_new() : NULL;
         if (lb) {

@@ -165,6 +165,24 @@ ib_lx_kind ib_layer_index_kind(const ib_layer_index *x, const char *path, const 
     return d->kind;
 }
 
+/* A layer may hold "usr/local/bin/tool" with no entry for usr/local/bin:
+ * the applier then makes the missing directories 0755 root:root (as
+ * containerd does). They exist below later steps all the same, so they are
+ * recorded as that: a WORKDIR or COPY must not think them absent and put
+ * them in its layer with another owner. */
+static void implicit_parents(ib_layer_index *x, char *dir, unsigned layer)
+{
+    if (!*dir) return;
+    for (char *q = dir;; q++) {
+        if (*q && *q != '/') continue;
+        char c = *q;
+        *q = 0;
+        if (!find(x, dir)) put(x, dir, IB_LX_DIR, NULL, 0755, 0, 0, layer);
+        *q = c;
+        if (!c) break;
+    }
+}
+
 int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
 {
     struct archive *a = archive_read_new();
@@ -195,6 +213,7 @@ int ib_layer_index_add(ib_layer_index *x, const char *blob_path)
         char *rdir;
         if (ib_layer_index_resolve(&rdir, x, dir) < 0) rdir = ib_xstrdup(dir);
         char *p = *rdir ? ib_xasprintf("%s/%s", rdir, base) : ib_xstrdup(base);
+        implicit_parents(x, rdir, layer);
         if (!strcmp(base, ".wh..wh..opq")) {
             del_below(x, rdir, layer);
         } else if (!strncmp(base, ".wh.", 4)) {
@@ -274,7 +293,7 @@ int ib_layer_diff_id(char *out, const char *blob_path)
 
 /* ---------- saved indexes ---------- */
 
-#define SAVE_MAGIC "imgbuild-layer-index-v1\n"
+#define SAVE_MAGIC "imgbuild-layer-index-v2\n" /* v2: implicit parent dirs recorded */
 
 int ib_layer_index_save(const ib_layer_index *x, const char *path, const char *tag)
 {
@@ -295,50 +314,73 @@ int ib_layer_index_save(const ib_layer_index *x, const char *path, const char *t
     return r;
 }
 
+/* An unsigned number (base 10 or 8) at *p: digits only, no sign, no
+ * blanks, at most max; advances *p past it. */
+static int take_num(unsigned long long *v, const char **p, const char *end, int base, unsigned long long max)
+{
+    const char *q = *p;
+    unsigned long long n = 0;
+    if (q >= end || *q < '0' || *q >= '0' + base) return -1;
+    for (; q < end && *q >= '0' && *q < '0' + base; q++) {
+        if (n > (max - (unsigned)(*q - '0')) / (unsigned)base) return -1;
+        n = n * (unsigned)base + (unsigned)(*q - '0');
+    }
+    *v = n;
+    *p = q;
+    return 0;
+}
+
+static int take_lit(const char **p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n)) return -1;
+    *p += n;
+    return 0;
+}
+
 /* "<len>:<bytes>" at *p (bytes may hold anything but NUL); advances *p. */
 static char *take_counted(const char **p, const char *end)
 {
-    char *e;
-    unsigned long long n = strtoull(*p, &e, 10);
-    if (e == *p || *e != ':' || n > (unsigned long long)(end - e - 1)) return NULL;
-    char *s = ib_xstrndup(e + 1, (size_t)n);
-    if (strlen(s) != n) {
-        free(s);
+    const char *q = *p;
+    unsigned long long n;
+    if (take_num(&n, &q, end, 10, (unsigned long long)(end - *p)) < 0 || take_lit(&q, end, ":") < 0 ||
+        n > (unsigned long long)(end - q) || memchr(q, 0, (size_t)n))
         return NULL;
-    }
-    *p = e + 1 + n;
+    char *s = ib_xstrndup(q, (size_t)n);
+    *p = q + n;
     return s;
 }
 
+/* The text after the magic line, parsed strictly and in one pass (a saved
+ * index of a big base has hundreds of thousands of lines). */
 static int load_body(ib_layer_index *x, char **tag, const char *text, size_t len)
 {
     const char *p = text, *end = text + len;
-    if (len < sizeof SAVE_MAGIC || memcmp(p, SAVE_MAGIC, sizeof SAVE_MAGIC - 1)) return -1;
-    p += sizeof SAVE_MAGIC - 1;
-    if (strncmp(p, "tag ", 4)) return -1;
-    p += 4;
-    if (!(*tag = take_counted(&p, end)) || *p++ != '\n') return -1;
-    unsigned layers;
-    size_t n;
-    int used = 0;
-    if (sscanf(p, "layers %u entries %zu\n%n", &layers, &n, &used) != 2 || !used) return -1;
-    p += used;
-    x->layers = layers;
-    for (size_t i = 0; i < n; i++) {
-        char kind;
-        unsigned mode, uid, gid, layer;
-        used = 0;
-        if (sscanf(p, "%c %o %u %u %u %n", &kind, &mode, &uid, &gid, &layer, &used) != 5 || !used) return -1;
-        p += used;
+    unsigned long long layers, n, kind_mode, v[4];
+    if (take_lit(&p, end, SAVE_MAGIC "tag ") < 0) return -1;
+    if (!(*tag = take_counted(&p, end))) return -1;
+    if (take_lit(&p, end, "\nlayers ") < 0 || take_num(&layers, &p, end, 10, 0xffffffffULL) < 0 ||
+        take_lit(&p, end, " entries ") < 0 || take_num(&n, &p, end, 10, len) < 0 || take_lit(&p, end, "\n") < 0)
+        return -1;
+    x->layers = (unsigned)layers;
+    for (unsigned long long i = 0; i < n; i++) {
+        if (end - p < 2 || (p[0] != 'd' && p[0] != 'l') || p[1] != ' ') return -1;
+        char kind = p[0];
+        p += 2;
+        if (take_num(&kind_mode, &p, end, 8, 07777) < 0) return -1;
+        for (int k = 0; k < 3; k++)
+            if (take_lit(&p, end, " ") < 0 || take_num(&v[k], &p, end, 10, 0xffffffffULL) < 0) return -1;
+        if (take_lit(&p, end, " ") < 0) return -1;
         char *path = take_counted(&p, end), *link = NULL;
-        if (path && *p++ == ' ') link = take_counted(&p, end);
-        if (!path || !link || *p++ != '\n' || !*path || (kind != 'd' && kind != 'l') || (kind == 'l' && !*link)) {
+        if (path && take_lit(&p, end, " ") == 0) link = take_counted(&p, end);
+        if (!path || !link || take_lit(&p, end, "\n") < 0 || !*path || (kind == 'l' && !*link) ||
+            (kind == 'd' && *link)) {
             free(path);
             free(link);
             return -1;
         }
-        put(x, path, kind == 'd' ? IB_LX_DIR : IB_LX_SYMLINK, kind == 'l' ? link : NULL, mode & 07777, uid, gid,
-            layer);
+        put(x, path, kind == 'd' ? IB_LX_DIR : IB_LX_SYMLINK, kind == 'l' ? link : NULL, (unsigned)kind_mode,
+            (unsigned)v[0], (unsigned)v[1], (unsigned)v[2]);
         free(path);
         free(link);
     }

@@ -155,10 +155,10 @@ test_expect_success 'saved layer indexes: written after a big layer, rebuilt whe
     I=$IMGBUILD_CACHE/cache/index && test -n "$(ls "$I")" && rm -f "$I"/* &&
     echo "def f8(): return 8" >"$R/app/m8.py" && commit_all "$R" idx0 && build "$TMP/i.tar" &&
     ls "$I" >"$TMP/idx" && test "$(wc -l <"$TMP/idx")" = 1 && F=$I/$(cat "$TMP/idx") &&
-    head -n 1 "$F" | grep -qx "imgbuild-layer-index-v1" &&
+    head -n 1 "$F" | grep -qx "imgbuild-layer-index-v2" &&
     printf "garbage" | dd of="$F" bs=1 seek=200 conv=notrunc 2>/dev/null &&
     echo "def f9(): return 9" >"$R/app/m9.py" && commit_all "$R" idx &&
-    build "$TMP/i1.tar" && ! grep -q garbage "$F" && head -n 1 "$F" | grep -qx "imgbuild-layer-index-v1" &&
+    build "$TMP/i1.tar" && ! grep -q garbage "$F" && head -n 1 "$F" | grep -qx "imgbuild-layer-index-v2" &&
     (export IMGBUILD_CACHE="$TMP/cold-idx" && cd "$R" && ib -q -o "$TMP/i0.tar" >/dev/null) &&
     test "$(digest_of "$TMP/i1.tar")" = "$(digest_of "$TMP/i0.tar")" &&
     rm -f "$I"/* && echo "def f10(): return 10" >"$R/app/m10.py" && commit_all "$R" idx2 &&

@@ -198,11 +198,16 @@ test_expect_success 'on scratch, WORKDIR and a later COPY see the directories of
 0:0"
 '
 
-test_expect_success 'WORKDIR with a USER the image does not have fails naming the line' '
-    R=$TMP/wdu2 && new_repo "$R" &&
-    printf "%s\n" "FROM $BASE" "USER nobody-here" "WORKDIR /w" >"$R/Dockerfile" && commit_all "$R" wdu2 &&
-    (cd "$R" && expect_error "Dockerfile:3: WORKDIR /w: USER nobody-here: no user .nobody-here." -o "$TMP/wdu2.tar") &&
-    test ! -e "$TMP/wdu2.tar"
+test_expect_success 'WORKDIR owners as BuildKit gives them: a name takes its primary gid, an unknown one 0:0' '
+    R=$TMP/wdu2 && new_repo "$R" && mkdir -p "$R/etc" &&
+    printf "root:x:0:0::/root:/bin/sh\nsvc:x:1500:29::/srv:/bin/sh\n" >"$R/etc/passwd" &&
+    printf "%s\n" "FROM $BASE" "COPY etc/passwd /etc/passwd" "USER svc" "WORKDIR /w/svc" "USER nobody-here" "WORKDIR /w/none" \
+        "USER 1234" "WORKDIR /w/num" "USER svc:7" "WORKDIR /w/grp" "USER 0" >"$R/Dockerfile" && commit_all "$R" wdu2 &&
+    (cd "$R" && ib -o "$TMP/wdu2.tar" -q >/dev/null) && unpack_image "$TMP/wdu2.tar" "$TMP/wdu2u" &&
+    test "$(cd "$TMP/wdu2u/rootfs/w" && stat -c "%n %u:%g" svc none num grp)" = "svc 1500:29
+none 0:0
+num 1234:1234
+grp 1500:7"
 '
 
 # An ssh-agent holding a fresh key, and ssh-add with its libraries in an image, to list the keys from inside.

@@ -319,6 +319,26 @@ static char *describe(const ib_layer_index *x, const char *const *paths)
     return sb.s;
 }
 
+/* A layer with a file and no entries for its directories: they exist once
+ * applied (0755 root), so the index has them too. */
+static void test_index_implicit_parents(void)
+{
+    static const ent only_file[] = {
+        {"usr/local/bin/tool", 'f', 0755, 0, NULL},
+        {NULL, 0, 0, 0, NULL},
+    };
+    ib_layer_index *x = ib_layer_index_new();
+    add_layer(x, only_file);
+    unsigned m = 0, u = 9, g = 9;
+    CHECK_INT(ib_layer_index_dir(x, "usr/local/bin", &m, &u, &g), 1);
+    CHECK_INT(m, 0755);
+    CHECK_INT(u, 0);
+    CHECK_INT(g, 0);
+    CHECK_INT(ib_layer_index_dir(x, "usr", &m, &u, &g), 1);
+    CHECK_INT(ib_layer_index_dir(x, "usr/local/bin/tool", &m, &u, &g), 0);
+    ib_layer_index_free(x);
+}
+
 static void test_index_saved(void)
 {
     static const ent weird[] = {
@@ -395,6 +415,7 @@ int main(void)
         return 1;
     }
     test_index();
+    test_index_implicit_parents();
     test_index_saved();
     test_copy();
     ib_fs_rm_rf(W);
