@@ -140,8 +140,10 @@ int ib_userns_reexec(char **argv)
         if (go != 'g') _exit(0);
         setenv(INSIDE_ENV, "1", 1);
         execv("/proc/self/exe", argv);
-        execvp(argv[0], argv);
-        _exit(127);
+        /* no /proc: say so rather than run whatever imgbuild PATH has */
+        fprintf(stderr, "imgbuild: error: cannot re-execute in the user namespace (/proc/self/exe: %s); "
+                        "IMGBUILD_SUBIDS=0 builds without subordinate ids\n", strerror(errno));
+        _exit(125);
     }
     close(c2p[1]);
     close(p2c[0]);
@@ -153,7 +155,13 @@ int ib_userns_reexec(char **argv)
     else if (run_map(nu, pid, getuid(), us, un) < 0 || run_map(ng, pid, getgid(), gs, gn) < 0)
         why = "newuidmap/newgidmap refused the ranges in /etc/subuid and /etc/subgid";
     else go = 'g';
-    if (write(p2c[1], &go, 1) != 1) go = 'n';
+    /* A child that could not unshare has exited: writing to it would raise
+     * SIGPIPE and kill us without a word. It reads only after 'u'. */
+    if (ok == 'u') {
+        void (*old_pipe)(int) = signal(SIGPIPE, SIG_IGN);
+        if (write(p2c[1], &go, 1) != 1) go = 'n';
+        signal(SIGPIPE, old_pipe);
+    }
     close(p2c[1]);
     int st = 0;
     if (go != 'g') {
@@ -161,11 +169,12 @@ int ib_userns_reexec(char **argv)
         fprintf(stderr, "imgbuild: warning: subordinate ids not used (%s): a RUN maps one uid\n", why);
         return 0;
     }
-    /* Ctrl-C reaches the whole process group, the build included: we only
-     * wait. What is sent to us alone is passed on. */
+    /* Signals sent to us (a supervisor, a CI runner's kill) are passed on.
+     * Ctrl-C reaches the build from the terminal as well, so it may get
+     * SIGINT twice: its handler only removes temp files and exits. */
     child_pid = pid;
-    signal(SIGINT, SIG_IGN);
-    signal(SIGQUIT, SIG_IGN);
+    signal(SIGINT, forward);
+    signal(SIGQUIT, forward);
     signal(SIGTERM, forward);
     signal(SIGHUP, forward);
     while (waitpid(pid, &st, 0) < 0)

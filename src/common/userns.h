@@ -15,7 +15,7 @@
  * ranges, IMGBUILD_SUBIDS=0, already inside, or the namespace could not be
  * set up (then with a one-line warning on stderr). Otherwise it does not
  * return: it waits for the re-executed imgbuild and exits with its status,
- * passing SIGTERM and SIGHUP on. */
+ * passing SIGINT, SIGQUIT, SIGTERM and SIGHUP on. */
 int ib_userns_reexec(char **argv);
 
 /* 1 in the initial user namespace (uid_map "0 0 4294967295"), 0 in any other:

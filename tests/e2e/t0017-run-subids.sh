@@ -82,7 +82,7 @@ test_expect_success 'IMGBUILD_SUBIDS=0 keeps the one-uid namespace: USER app is 
     test ! -e "$W/one.tar"
 '
 
-test_expect_success 'killing the imgbuild a CI runner started (-9) takes the build in the namespace with it' '
+test_expect_success 'killing (-9) or interrupting (-INT) the imgbuild a runner started stops the build in the namespace' '
     unset IMGBUILD_SUBIDS &&
     printf "FROM local/sbb:base\nRUN sleep 60\n" >"$R/Dockerfile.slow" &&
     sed -i "s|local/sbb:base|local/sbb:sha-$(git -c safe.directory="*" -C "$B" rev-parse HEAD)|" "$R/Dockerfile.slow" &&
@@ -92,6 +92,11 @@ test_expect_success 'killing the imgbuild a CI runner started (-9) takes the bui
     pgrep -u "$U" -x sleep >/dev/null &&
     waiter=$(pgrep -u "$U" -o -f "$IMGBUILD") && kill -9 "$waiter" &&
     for i in $(seq 1 50); do pgrep -u "$U" >/dev/null || break; sleep 0.1; done &&
+    ! pgrep -u "$U" -a && test ! -e "$W/slow.tar" &&
+    (as_user "$R" --worktree -f Dockerfile.slow -o "$W/slow.tar" >/dev/null 2>&1 &) &&
+    for i in $(seq 1 100); do pgrep -u "$U" -x sleep >/dev/null && break; sleep 0.1; done &&
+    waiter=$(pgrep -u "$U" -o -f "$IMGBUILD") && kill -INT "$waiter" &&
+    for i in $(seq 1 100); do pgrep -u "$U" >/dev/null || break; sleep 0.1; done &&
     ! pgrep -u "$U" -a && test ! -e "$W/slow.tar"
 '
 
