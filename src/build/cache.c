@@ -673,8 +673,15 @@ static void prune_indexes(ib_cache *c, const ib_prune_opts *o, int64_t now)
     DIR *d = opendir(c->index);
     struct dirent *de;
     while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         char *p = ib_xasprintf("%s/%s", c->index, de->d_name), *tag = NULL;
+        if (de->d_name[0] == '.') {
+            /* a save a killed build left half-written: prune holds the store
+             * lock exclusively, so no build is writing one now */
+            unlink(p);
+            free(p);
+            continue;
+        }
         struct stat st;
         int drop = o->all || stat(p, &st) < 0 || (o->older_than_s && now - (int64_t)st.st_mtime > o->older_than_s) ||
                    ib_layer_index_saved_tag(&tag, p) < 0;

@@ -213,7 +213,7 @@ static void count_remotes(git_repository *repo, int *n, int *has_origin)
 /* git's canon_mode: any regular file mode is 100644 or 100755. */
 static uint32_t canon_mode(uint32_t m)
 {
-    if ((m & 0170000) == 0100000) return (m & 0111) ? 0100755 : 0100644;
+    if ((m & 0170000) == 0100000) return (m & 0100) ? 0100755 : 0100644; /* the owner's x bit, as git reads it */
     return m;
 }
 
@@ -339,7 +339,7 @@ typedef struct {
 static uint32_t norm_mode(uint32_t m)
 {
     if ((m & 0170000) == 0120000) return GIT_FILEMODE_LINK;
-    return (m & 0111) ? GIT_FILEMODE_BLOB_EXECUTABLE : GIT_FILEMODE_BLOB;
+    return (m & 0100) ? GIT_FILEMODE_BLOB_EXECUTABLE : GIT_FILEMODE_BLOB; /* git: the owner's x bit */
 }
 
 static void push_item(export_list *l, char *dest, const git_oid *blob, uint32_t mode)
@@ -369,8 +369,11 @@ static int primary_fits(export_list *l, const char *path, size_t len)
     git_oid key;
     uint64_t v;
     static const char vdir[] = IB_GF_EXPORT_VERSIONS "/";
-    if (len == strlen(IB_GF_EXPORT_MANIFEST) && !memcmp(path, IB_GF_EXPORT_MANIFEST, len)) return 0;
-    if (len >= sizeof vdir - 1 && !memcmp(path, vdir, sizeof vdir - 1)) return 0;
+    /* our names: MANIFEST (also as a directory, MANIFEST/x) and the versions tree */
+    size_t ml = strlen(IB_GF_EXPORT_MANIFEST);
+    if (len >= ml && !memcmp(path, IB_GF_EXPORT_MANIFEST, ml) && (len == ml || path[ml] == '/')) return 0;
+    if (len >= sizeof vdir - 2 && !memcmp(path, vdir, sizeof vdir - 2) && (len == sizeof vdir - 2 || path[sizeof vdir - 2] == '/'))
+        return 0;
     git_odb_hash(&key, path, len, GIT_OBJECT_TREE);
     if (ib_oidmap_get(l->dirs, &key, &v)) return 0;
     for (size_t k = 0; k < len; k++) {

@@ -179,6 +179,7 @@ static struct archive *open_reader(const char *path, int *r)
 
 static const char *clean_name(const char *n)
 {
+    if (!n) return ""; /* a name libarchive could not give (never one of ours) */
     while (n[0] == '.' && n[1] == '/') n += 2;
     while (*n == '/') n++;
     return n;
