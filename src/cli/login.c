@@ -116,6 +116,10 @@ static int login_or_logout(int argc, char **argv, int logout)
         r = ib_registry_open(&reg, host, &vo);
     }
     if (r == 0) r = ib_registry_ping(reg);
+    /* The registry's own wording names the temporary file and says "imgbuild
+     * login": right for push and pull, beside the point here. */
+    if (r == IB_EAUTH_REFUSED)
+        r = ib_error_set(r, "login: %s refused the credentials for %s (wrong password or user?)", host, user);
     ib_registry_free(reg);
     unlink(tmpl);
     ib_fs_tmp_forget(tmpl);

@@ -4,7 +4,6 @@
 #include "common/progress.h"
 #include "oci/platform.h"
 #include "oci/archive.h"
-#include "oci/image.h"
 #include "oci/reference.h"
 #include "oci/store.h"
 #include "registry/transfer.h"
@@ -76,24 +75,11 @@ int ib_cmd_pull(int argc, char **argv)
     char digest[IB_DIGEST_STRLEN + 1];
     ib_cache *lk = NULL;
     if (r == 0 && ib_cache_open(&lk, s) == 0) ib_cache_lock_shared(lk); /* prune waits for us */
-    if (r == 0) r = ib_pull(digest, s, &ref, platform, &ro, p);
+    /* An explicit --platform holds for a single-platform image too: say so
+     * (after its config, before its layers) rather than store another
+     * platform's image silently. */
+    if (r == 0) r = ib_pull_ex(digest, s, &ref, platform, platform ? IB_PULL_EXACT_PLATFORM : 0, &ro, p);
     char *name = ib_ref_string(&ref);
-    if (r == 0 && platform) {
-        /* A single-platform image is what it is: say so rather than store another platform silently. */
-        ib_image *img;
-        if ((r = ib_image_load(&img, s, digest)) == 0) {
-            const char *os = json_string_value(json_object_get(img->config, "os"));
-            const char *arch = json_string_value(json_object_get(img->config, "architecture"));
-            const char *variant = json_string_value(json_object_get(img->config, "variant"));
-            ib_platform want, have;
-            ib_platform_parse(&want, platform, "--platform"); /* ib_pull checked it */
-            ib_platform_from(&have, os, arch, variant);
-            if (os && arch && ib_platform_score(&want, &have) == 0)
-                r = ib_error_set(IB_EINVALID, "%s is %s/%s, not %s (no index to choose a platform from)", name, os,
-                                 arch, platform);
-            ib_image_free(img);
-        }
-    }
     if (r == 0 && out) r = ib_archive_write(out, s, digest, ref.tag, name, 0);
     int rc = 0;
     if (r < 0) rc = ib_cli_fail(r);

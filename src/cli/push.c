@@ -32,6 +32,49 @@ static const char help[] =
 
 enum { O_ALSO = 300, O_CACHE, O_PROGRESS, O_CHUNK };
 
+/* The tag a name carries: the name itself when it is a bare tag ("sha-…", as
+ * ref.name usually is), else the tag of the reference it spells
+ * ("localhost/bb:v1": skopeo's ref.name, containerd's image name, RepoTags). */
+static char *tag_in(const char *name)
+{
+    if (!name) return NULL;
+    if (ib_ref_valid_tag(name)) return ib_xstrdup(name);
+    ib_ref r;
+    if (ib_ref_parse(&r, name, NULL) < 0) {
+        ib_error_clear();
+        return NULL;
+    }
+    char *t = r.tag ? ib_xstrdup(r.tag) : NULL;
+    ib_ref_clear(&r);
+    return t;
+}
+
+/* The tarball's own tag, for the image push sends (the first): index.json's
+ * ref.name, else its io.containerd.image.name; for a docker-archive (no
+ * index.json), the first of manifest.json's RepoTags, the name `load` gives it. */
+static char *archive_own_tag(const char *image)
+{
+    char *txt, *tag = NULL;
+    size_t len;
+    if (ib_archive_read_member(&txt, &len, image, "index.json", 1 << 20) == 0) {
+        json_t *j = json_loadb(txt, len, 0, NULL);
+        json_t *ann = json_object_get(json_array_get(json_object_get(j, "manifests"), 0), "annotations");
+        tag = tag_in(json_string_value(json_object_get(ann, "org.opencontainers.image.ref.name")));
+        if (!tag) tag = tag_in(json_string_value(json_object_get(ann, "io.containerd.image.name")));
+        json_decref(j);
+        free(txt);
+        if (tag) return tag;
+    }
+    if (ib_archive_read_member(&txt, &len, image, "manifest.json", 1 << 20) == 0) {
+        json_t *j = json_loadb(txt, len, 0, NULL);
+        tag = tag_in(json_string_value(json_array_get(json_object_get(json_array_get(j, 0), "RepoTags"), 0)));
+        json_decref(j);
+        free(txt);
+    }
+    ib_error_clear();
+    return tag;
+}
+
 int ib_cmd_push(int argc, char **argv)
 {
     static const struct option opts[] = {{"also-tag", required_argument, 0, O_ALSO},
@@ -112,18 +155,7 @@ int ib_cmd_push(int argc, char **argv)
         r = ib_archive_load(&l, &n, s, image);
         if (r == 0) {
             memcpy(digest, l[0].digest, sizeof digest);
-            char *idx;
-            size_t len;
-            /* the tarball's own tag: index.json's ref.name */
-            if (ib_archive_read_member(&idx, &len, image, "index.json", 1 << 20) == 0) {
-                json_t *j = json_loadb(idx, len, 0, NULL);
-                const char *t = json_string_value(json_object_get(
-                    json_object_get(json_array_get(json_object_get(j, "manifests"), 0), "annotations"),
-                    "org.opencontainers.image.ref.name"));
-                if (t && ib_ref_valid_tag(t)) own_tag = ib_xstrdup(t);
-                json_decref(j);
-                free(idx);
-            }
+            own_tag = archive_own_tag(image);
         }
         ib_loaded_free(l, n);
     } else if (r == 0) {

@@ -18,6 +18,8 @@ static const char help[] =
     "in the repository, adds sha-<new> pointing at the same manifest: no blob is\n"
     "uploaded, and deploys and rollbacks by sha tag keep working. Existing\n"
     "sha-<new> tags are left alone. Reads git filter-repo's commit-map format too.\n"
+    "Pruned commits (new id 0000...) get no tag: their images keep sha-<old> only,\n"
+    "and each one that has an image is named in a warning.\n"
     "\n"
     "      --commit-map FILE    lines \"<old sha> <new sha>\" (a header line is skipped)\n"
     "      --dry-run            only print what would be tagged\n" IB_CLI_REG_HELP;
@@ -69,7 +71,7 @@ int ib_cmd_retag(int argc, char **argv)
     ib_registry *reg = NULL;
     r = ib_registry_open(&reg, dest.registry, &ro);
     if (r == 0) ib_registry_want(reg, dest.repo, "pull,push");
-    unsigned lineno = 0, pairs = 0, tagged = 0, missing = 0, present = 0;
+    unsigned lineno = 0, pairs = 0, tagged = 0, missing = 0, present = 0, pruned = 0, unchanged = 0;
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); r == 0 && line; line = strtok_r(NULL, "\n", &save)) {
         lineno++;
         char old[64], nw[64];
@@ -80,12 +82,25 @@ int ib_cmd_retag(int argc, char **argv)
             break;
         }
         pairs++;
-        /* pruned commits map to 40 zeros: they have no new commit to tag */
-        if (!strcmp(old, nw) || strspn(nw, "0") == 40) continue;
+        if (!strcmp(old, nw)) {
+            unchanged++; /* the rewrite kept this commit: its tag is already right */
+            continue;
+        }
         char *ot = ib_xasprintf("sha-%s", old), *nt = ib_xasprintf("sha-%s", nw);
         char od[IB_DIGEST_STRLEN + 1] = "", nd[IB_DIGEST_STRLEN + 1] = "";
         int h = ib_registry_manifest_head(od, reg, dest.repo, ot);
-        if (h == IB_ENOTFOUND) {
+        if (strspn(nw, "0") == 40) {
+            /* Pruned: no new commit to tag. Its image stays reachable by the
+             * old tag only, which no commit of the new history names, so a
+             * deploy by the new ids gets the nearest kept ancestor's image. */
+            pruned++;
+            if (h == 0)
+                fprintf(stderr,
+                        "warning: %s:%s is the image of a commit the rewrite pruned: it keeps its old tag only\n",
+                        dest.repo, ot);
+            else if (h != IB_ENOTFOUND)
+                r = h;
+        } else if (h == IB_ENOTFOUND) {
             missing++; /* most commits were never built */
         } else if (h < 0) {
             r = h;
@@ -116,10 +131,13 @@ int ib_cmd_retag(int argc, char **argv)
     free(text);
     ib_registry_free(reg);
     int rc = 0;
+    char more[48] = "";
+    if (unchanged) snprintf(more, sizeof more, ", %u unchanged by the rewrite", unchanged);
     if (r < 0) rc = ib_cli_fail(r);
     else
-        printf("%u commit pairs: %u tag%s %s, %u already tagged, %u without an image\n", pairs, tagged,
-               tagged == 1 ? "" : "s", dry ? "to add" : "added", present, missing);
+        printf("%u commit pairs: %u tag%s %s, %u already tagged, %u without an image, %u pruned (their images keep "
+               "their old tag only)%s\n",
+               pairs, tagged, tagged == 1 ? "" : "s", dry ? "to add" : "added", present, missing, pruned, more);
     ib_ref_clear(&dest);
     return rc;
 }

@@ -1089,7 +1089,7 @@ int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_
     }
     if (resp.status == 401 || resp.status == 403) {
         if (cred)
-            r = ib_error_set(IB_EAUTH, "registry token server at %s: credentials rejected for %s", rhost,
+            r = ib_error_set(IB_EAUTH_REFUSED, "registry token server at %s: credentials rejected for %s", rhost,
                              identity ? "the stored identity token" : cred->username);
         else
             r = ib_error_set(IB_EAUTH, "registry token server at %s: anonymous access denied (HTTP %ld); log in first",

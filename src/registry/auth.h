@@ -68,9 +68,14 @@ char *ib_auth_basic_header(const ib_cred *c);
  * too little scope with a bare Basic challenge, so ask for everything up
  * front): GET realm?service=S&scope=A&scope=B with Basic credentials when
  * cred is non-NULL. Accepts `token` or `access_token`; *expires_at = now +
- * expires_in (default 60 s) minus a safety margin. Errors: IB_EAUTH (401/403
- * from the token server: "bad credentials for <host>"), others IB_ERR. */
+ * expires_in (default 60 s) minus a safety margin. Errors: IB_EAUTH_REFUSED
+ * (401/403 from the token server to credentials: "credentials rejected for
+ * <user>"), IB_EAUTH (401/403 to an anonymous request), others IB_ERR. */
 #define IB_EAUTH (-20)
+/* The credentials were sent and refused (Basic 401, or the token server's
+ * 401/403): wrong user or password, unlike IB_EAUTH's missing credentials or
+ * permissions. login rewords it; a caller testing for auth failures tests both. */
+#define IB_EAUTH_REFUSED (-21)
 int ib_auth_fetch_token(char **token, int64_t *expires_at, ib_http *h, const ib_challenge *c,
                         const char *const *scopes, size_t nscopes, const ib_cred *cred);
 

@@ -289,7 +289,8 @@ static int do_req(ib_http_resp *resp, ib_registry *r, const ib_http_req *req0)
         }
         pthread_mutex_unlock(&r->mu);
         if (err == 1) {
-            int e = ib_error_set(IB_EAUTH, "%s: authentication failed: the registry refused the credentials%s%s%s",
+            int e = ib_error_set(IB_EAUTH_REFUSED,
+                                 "%s: authentication failed: the registry refused the credentials%s%s%s",
                                  r->host, r->cred_state == 1 ? " from " : "",
                                  r->cred_state == 1 && r->cred.source ? r->cred.source : "",
                                  " (check them with imgbuild login)");
@@ -472,7 +473,8 @@ static int upload_status(uint64_t *next, char **loc, ib_registry *r)
  * registry has said where it stands. */
 static int resumable(int t, long status)
 {
-    return (t < 0 && t != IB_EAUTH) || (t == 0 && (status >= 500 || status == 408 || status == 429));
+    return (t < 0 && t != IB_EAUTH && t != IB_EAUTH_REFUSED) ||
+           (t == 0 && (status >= 500 || status == 408 || status == 429));
 }
 
 /* The pause before a resume: Retry-After when the registry sent one (bounded
@@ -547,7 +549,7 @@ restart:
         const char *hs[] = {"Content-Type: application/octet-stream", (chunked || resuming) ? cr : NULL, NULL};
         ib_http_req req = {.method = "PATCH", .url = loc, .headers = hs, .stream = &body, .no_retry = 1};
         int t = do_req(&resp, r, &req);
-        if (t == IB_EAUTH) {
+        if (t == IB_EAUTH || t == IB_EAUTH_REFUSED) {
             rc = t;
             goto out;
         }

@@ -803,11 +803,17 @@ int ib_http_do(ib_http_resp *resp, ib_http *h, const ib_http_req *req)
         if (!can) {
             if (cc == CURLE_OK) break; /* an HTTP answer: the caller decides what a 503 means */
             const char *what = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+            /* OpenSSL's answer to an HTTP reply where a TLS record should be:
+             * the usual cause is a registry without TLS. */
+            const char *hint = cc == CURLE_SSL_CONNECT_ERROR && strstr(what, "wrong version number") &&
+                                       !strncmp(req->url, "https://", 8)
+                                   ? " (the registry speaks plain HTTP? use --plain-http)"
+                                   : "";
             if (attempt > 0)
-                rc = ib_error_set(IB_ERR, "%s %s: %s (after %d retr%s)", req->method, shown, what, attempt,
-                                  attempt == 1 ? "y" : "ies");
+                rc = ib_error_set(IB_ERR, "%s %s: %s (after %d retr%s)%s", req->method, shown, what, attempt,
+                                  attempt == 1 ? "y" : "ies", hint);
             else
-                rc = ib_error_set(IB_ERR, "%s %s: %s", req->method, shown, what);
+                rc = ib_error_set(IB_ERR, "%s %s: %s%s", req->method, shown, what, hint);
             goto out;
         }
         long delay = -1;

@@ -324,8 +324,43 @@ static int resolve(char **body, size_t *len, char *digest, char **index, size_t 
     return rc;
 }
 
+/* A single-platform image's config (in the store) against the platform asked
+ * for: pull --platform must not store another platform's image silently. */
+static int check_platform(ib_store *s, const char *config_digest, const ib_ref *ref, const char *platform)
+{
+    char *body = NULL;
+    size_t len = 0;
+    int rc = ib_store_read_blob(&body, &len, s, config_digest, IB_CONFIG_MAX);
+    if (rc < 0) return rc;
+    json_t *cfg = json_loadb(body, len, 0, NULL);
+    free(body);
+    const char *os = json_string_value(json_object_get(cfg, "os"));
+    const char *arch = json_string_value(json_object_get(cfg, "architecture"));
+    const char *variant = json_string_value(json_object_get(cfg, "variant"));
+    ib_platform want, have;
+    rc = ib_platform_parse(&want, platform ? platform : "linux/amd64", "--platform");
+    if (rc == 0 && os && arch) {
+        ib_platform_from(&have, os, arch, variant);
+        if (ib_platform_score(&want, &have) == 0) {
+            char hs[96], *name = ib_ref_string(ref);
+            ib_platform_format(hs, sizeof hs, &have);
+            rc = ib_error_set(IB_EINVALID, "%s is %s, not %s (no index to choose a platform from)", name, hs,
+                              platform ? platform : "linux/amd64");
+            free(name);
+        }
+    }
+    json_decref(cfg);
+    return rc;
+}
+
 int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platform, const ib_reg_opts *o,
             ib_progress *p)
+{
+    return ib_pull_ex(digest_out, s, ref, platform, 0, o, p);
+}
+
+int ib_pull_ex(char *digest_out, ib_store *s, const ib_ref *ref, const char *platform, unsigned flags,
+               const ib_reg_opts *o, ib_progress *p)
 {
     ib_registry *reg;
     int rc = ib_registry_open(&reg, ref->registry, o);
@@ -346,11 +381,21 @@ int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platfo
         jobs[i].size = descs[i].size;
     }
     if (rc == 0) {
-        pool pl = {.jobs = jobs, .n = n, .reg = reg, .s = s, .repo = ref->repo, .p = p, .push = 0};
         ib_registry_on_progress(reg, on_progress, p);
-        rc = run_pool(&pl, o && o->jobs > 0 ? o->jobs : 4);
+        size_t first = 0;
+        if ((flags & IB_PULL_EXACT_PLATFORM) && !index) {
+            /* No index chose the platform: the config (jobs[0], small) says
+             * what the image is before a single layer is downloaded. */
+            pool cp = {.jobs = jobs, .n = 1, .reg = reg, .s = s, .repo = ref->repo, .p = p, .push = 0};
+            rc = run_pool(&cp, 1);
+            if (rc == 0) rc = check_platform(s, descs[0].digest, ref, platform);
+            first = 1;
+        }
+        if (rc == 0) {
+            pool pl = {.jobs = jobs + first, .n = n - first, .reg = reg, .s = s, .repo = ref->repo, .p = p, .push = 0};
+            rc = run_pool(&pl, o && o->jobs > 0 ? o->jobs : 4);
+        }
         ib_registry_on_progress(reg, NULL, NULL);
-    ib_registry_on_progress(reg, NULL, NULL);
     }
     for (size_t i = 0; i < n; i++) ib_desc_clear(&descs[i]);
     free(descs);

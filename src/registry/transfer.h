@@ -22,9 +22,20 @@ int ib_push(ib_push_result *res, ib_store *s, const char *manifest_digest, const
             size_t ntags, const ib_reg_opts *o, ib_progress *p);
 
 /* Pulls ref (tag or digest) for platform ("linux/amd64" if NULL) into the
- * store, names it (ref string) and returns the image manifest digest. */
+ * store, names it (ref string) and returns the image manifest digest. A
+ * single-platform image (no index) is taken whatever its platform. */
 int ib_pull(char *digest_out, ib_store *s, const ib_ref *ref, const char *platform, const ib_reg_opts *o,
             ib_progress *p);
+
+enum {
+    /* A single-platform image must be for platform too (pull --platform): its
+     * config, fetched before any layer, decides; otherwise IB_EINVALID
+     * "REF is OS/ARCH, not PLATFORM (...)" and no layer is downloaded. */
+    IB_PULL_EXACT_PLATFORM = 1,
+};
+/* ib_pull with IB_PULL_* flags. */
+int ib_pull_ex(char *digest_out, ib_store *s, const ib_ref *ref, const char *platform, unsigned flags,
+               const ib_reg_opts *o, ib_progress *p);
 
 /* Fetches only manifest and config (for inspect): *manifest and *config are
  * JSON texts, caller frees. */

@@ -54,6 +54,20 @@ test_expect_success 'push to a second repository mounts the blobs instead of upl
     test "$(skopeo_digest --tls-verify=false docker://$P_HOST/wepp/worker:v1)" = "$D"
 '
 
+test_expect_success 'push ARCHIVE HOST/REPO takes the archive'"'"'s own tag: docker-archive RepoTags, skopeo'"'"'s ref.name' '
+    skopeo copy -q oci-archive:"$TMP/app.tar" docker-archive:"$TMP/dock.tar":localhost/bbdocker:v1 &&
+    ib push --plain-http "$TMP/dock.tar" "$P_HOST/wepp/dock" >"$TMP/dock.out" &&
+    grep -q "^Pushed  $P_HOST/wepp/dock:v1$" "$TMP/dock.out" &&
+    dd=$(sed -n "s/^Digest  //p" "$TMP/dock.out") &&
+    test "$(skopeo_digest --tls-verify=false docker://$P_HOST/wepp/dock:v1)" = "$dd" &&
+    skopeo copy -q oci-archive:"$TMP/app.tar" oci-archive:"$TMP/named.tar":localhost/bboci:v2 &&
+    ib push --plain-http "$TMP/named.tar" "$P_HOST/wepp/dock" >"$TMP/named.out" &&
+    grep -q "^Pushed  $P_HOST/wepp/dock:v2$" "$TMP/named.out" &&
+    skopeo copy -q oci-archive:"$TMP/app.tar" docker-archive:"$TMP/untagged.tar" &&
+    { rc=0; ib push --plain-http "$TMP/untagged.tar" "$P_HOST/wepp/dock" 2>/dev/null || rc=$?; } &&
+    test "$rc" = 2 && grep -q "the image has no tag of its own; give HOST/REPO:TAG" "$TMP/last.err"
+'
+
 test_expect_success 'push without IMAGE.tar sends the last image built in this directory' '
     cd "$R" && ib -o "$TMP/again.tar" -q >/dev/null &&
     ib push --plain-http "$P_HOST/wepp/last" -q >"$TMP/d" && test "$(cat "$TMP/d")" = "$D" &&
@@ -100,6 +114,12 @@ test_expect_success 'login/logout also fix stale entries in podman'"'"'s auth.js
     printf "%s" "$T_PASS" | ib login "$T_HOST" -u "$T_USER" --password-stdin --ca-file "$T_CA" >/dev/null
 '
 
+test_expect_success 'a plain-HTTP registry without --plain-http: the TLS error says what to do' '
+    expect_error "wrong version number \(the registry speaks plain HTTP\? use --plain-http\)$" \
+        push "$TMP/app.tar" "$P_HOST/wepp/app:tls" &&
+    expect_error "use --plain-http\)$" pull "$P_HOST/wepp/app:sha-$SHA"
+'
+
 test_expect_success 'TLS is verified by default; --insecure skips it only when asked' '
     expect_error "$T_HOST" push "$TMP/app.tar" "$T_HOST/wepp/app:v2" &&
     ib push --insecure "$TMP/app.tar" "$T_HOST/wepp/app:v2" -q >/dev/null
@@ -107,9 +127,14 @@ test_expect_success 'TLS is verified by default; --insecure skips it only when a
 
 test_expect_success 'wrong password: clear error, nothing stored, password never printed' '
     rm -f "$HOME/.docker/config.json" &&
-    printf "wrong-%s" "$T_PASS" | expect_error "credentials|401|authentication" login "$T_HOST" -u "$T_USER" --password-stdin --ca-file "$T_CA" &&
+    printf "wrong-%s" "$T_PASS" | expect_error "refused the credentials" login "$T_HOST" -u "$T_USER" --password-stdin --ca-file "$T_CA" &&
     test ! -e "$HOME/.docker/config.json" &&
     ! grep -qF "$T_PASS" "$TMP/last.err" &&
+    # names host and user; not the temporary auth file, nor "run imgbuild login" (Basic and token auth alike)
+    tail -n 1 "$TMP/last.err" | grep -qxF "imgbuild: error: login: $T_HOST refused the credentials for $T_USER (wrong password or user?)" &&
+    printf "wrong-%s" "$K_PASS" | expect_error "refused the credentials" login "$K_HOST/wepp" -u "$K_USER" --password-stdin --ca-file "$K_CA" &&
+    tail -n 1 "$TMP/last.err" | grep -qxF "imgbuild: error: login: $K_HOST refused the credentials for $K_USER (wrong password or user?)" &&
+    test ! -e "$HOME/.docker/config.json" &&
     expect_error "no credentials found.*imgbuild login" push --ca-file "$T_CA" "$TMP/app.tar" "$T_HOST/wepp/app:v3"
 '
 

@@ -45,6 +45,15 @@ test_expect_success 'running it again changes nothing; --dry-run only prints' '
     ib retag --plain-http --dry-run --commit-map "$TMP/map2" "$P_HOST/wepp/app" | grep -q "1 tag to add"
 '
 
+test_expect_success 'pruned commits are counted; one that has an image is named in a warning' '
+    Z=$(printf %040d 0) && NOIMG=$(printf %040d 5) &&
+    printf "old new\n%s %s\n%s %s\n%s %s\n" "$A" "$A" "$B" "$Z" "$NOIMG" "$Z" >"$TMP/map3" &&
+    ib retag --plain-http --commit-map "$TMP/map3" "$P_HOST/wepp/app" >"$TMP/retag3.out" &&
+    grep -qxF "3 commit pairs: 0 tags added, 0 already tagged, 0 without an image, 2 pruned (their images keep their old tag only), 1 unchanged by the rewrite" "$TMP/retag3.out" &&
+    grep -qxF "warning: wepp/app:sha-$B is the image of a commit the rewrite pruned: it keeps its old tag only" "$TMP/last.err" &&
+    test "$(grep -c "^warning:" "$TMP/last.err")" = 1
+'
+
 test_expect_success 'a malformed commit map names its line' '
     printf "%s %s\nnot a pair\n" "$A" "$B" >"$TMP/bad.map" &&
     expect_error "bad.map:2: expected" retag --plain-http --commit-map "$TMP/bad.map" "$P_HOST/wepp/app"

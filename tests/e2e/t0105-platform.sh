@@ -85,6 +85,17 @@ test_expect_success 'a platform the index lacks names what it has; a malformed -
     done
 '
 
+test_expect_success 'pull --platform of a single-platform image for another platform: refused on its config, no layer fetched' '
+    export IMGBUILD_CACHE="$TMP/cache-single" &&
+    gets=$(registry_count P "^GET /v2/multi/base/blobs/") &&
+    expect_error "multi/base:amd64 is linux/amd64, not linux/arm64 \(no index to choose a platform from\)" \
+        pull --plain-http --platform linux/arm64 "$P_HOST/multi/base:amd64" &&
+    test $(( $(registry_count P "^GET /v2/multi/base/blobs/") - gets )) = 1 &&
+    test -z "$(ls -A "$IMGBUILD_CACHE/refs" 2>/dev/null)" &&
+    test "$(ib pull --plain-http -q --platform linux/x86_64 "$P_HOST/multi/base:amd64")" = "${DG[amd64]}" &&
+    test $(( $(registry_count P "^GET /v2/multi/base/blobs/") - gets )) = 2
+'
+
 # FROM through a proxy that is then stopped: the registry is gone for the rebuilds.
 tcp_cut_proxy PX "$P_HOST" 999999999 || exit 1
 C=$TMP/child

@@ -395,7 +395,7 @@ int main(void)
         CHECK(exp > (int64_t)time(NULL) + 200 && exp <= (int64_t)time(NULL) + 300);
         free(tok);
         ib_cred bad = {.username = "robot$wepp+ci", .password = "wrong-pass"};
-        CHECK_INT(ib_auth_fetch_token(&tok, &exp, h, &ch, scopes, 2, &bad), IB_EAUTH);
+        CHECK_INT(ib_auth_fetch_token(&tok, &exp, h, &ch, scopes, 2, &bad), IB_EAUTH_REFUSED);
         CHECK(tok == NULL);
         CHECK(strstr(ib_error_last(), "credentials rejected for robot$wepp+ci") != NULL);
         CHECK(strstr(ib_error_last(), "127.0.0.1") != NULL);
