@@ -75,15 +75,15 @@ test_expect_success 'a missing context directory' '
     (cd "$R" && expect_error "context /nonexistent: not a directory" /nonexistent -o out/img.tar) && nothing_left
 '
 test_expect_success 'usage errors exit 2 and name the flag' '
-    rc=0; (cd "$R" && ib --compression brotli -o out/img.tar) || rc=$?; test "$rc" = 2 &&
+    { rc=0; (cd "$R" && ib --compression brotli -o out/img.tar) || rc=$?; } && test "$rc" = 2 &&
     grep -q "^imgbuild: error: unknown compression .brotli." "$TMP/last.err" || grep -q "brotli" "$TMP/last.err" &&
-    rc=0; (cd "$R" && ib --bogus) || rc=$?; test "$rc" = 2 && grep -q "unknown flag --bogus" "$TMP/last.err" &&
-    rc=0; (cd "$R" && ib -f) || rc=$?; test "$rc" = 2 && grep -q "missing value" "$TMP/last.err" &&
+    { rc=0; (cd "$R" && ib --bogus) || rc=$?; } && test "$rc" = 2 && grep -q "unknown flag --bogus" "$TMP/last.err" &&
+    { rc=0; (cd "$R" && ib -f) || rc=$?; } && test "$rc" = 2 && grep -q "missing value" "$TMP/last.err" &&
     nothing_left
 '
 
 test_expect_success 'with --progress json a failure ends with an error event (then the one error line)' '
-    rc=0; (cd "$R" && ib -f Dockerfile.nosrc --progress json -o out/img.tar) || rc=$?; test "$rc" = 1 &&
+    { rc=0; (cd "$R" && ib -f Dockerfile.nosrc --progress json -o out/img.tar) || rc=$?; } && test "$rc" = 1 &&
     test "$(grep -c "^imgbuild: error: " "$TMP/last.err")" = 1 &&
     grep "^{" "$TMP/last.err" | tail -n 1 | python3 -c "
 import json, sys
@@ -93,7 +93,7 @@ assert e[\"event\"] == \"error\" and e[\"exit\"] == 1 and \"Dockerfile.nosrc:3: 
 '
 
 test_expect_success 'a mistyped command is a usage error naming the commands, not a missing context' '
-    rc=0; (cd "$R" && ib biuld) || rc=$?; test "$rc" = 2 &&
+    { rc=0; (cd "$R" && ib biuld) || rc=$?; } && test "$rc" = 2 &&
     grep -q "^imgbuild: error: .biuld. is neither a directory nor a command (build, push" "$TMP/last.err" && nothing_left
 '
 
@@ -121,10 +121,12 @@ test_expect_success 'an interrupted build leaves neither output nor temp files' 
         (cd "$B" && exec "$IMGBUILD" -o out/img.tar -q >/dev/null 2>"$TMP/int.err") & pid=$!
         sleep 0.2; kill -s $sig $pid 2>/dev/null; rc=0; wait $pid || rc=$?
         # 40 MB of random data cannot be compressed in 0.2 s: the TERM run must have been cut.
-        if [ $sig = TERM ]; then test $rc = 143; fi
+        if [ $sig = TERM ]; then test $rc = 143 || { echo "TERM: exit $rc"; exit 1; }; fi
         # Killed mid-way: no file at all. Finished first: a complete, valid tarball. Never a torn one.
-        if [ -e "$B/out/img.tar" ]; then test $rc = 0 && skopeo inspect --raw oci-archive:"$B/out/img.tar" >/dev/null && rm "$B/out/img.tar";
-        else test $rc != 0; fi
+        if [ -e "$B/out/img.tar" ]; then
+            { test $rc = 0 && skopeo inspect --raw oci-archive:"$B/out/img.tar" >/dev/null && rm "$B/out/img.tar"; } ||
+                { echo "$sig: exit $rc with an output file"; exit 1; }
+        else test $rc != 0 || { echo "$sig: exit 0 without an output file"; exit 1; }; fi
         test -z "$(ls -A "$B/out")" || { ls -la "$B/out"; exit 1; }
     done
 '

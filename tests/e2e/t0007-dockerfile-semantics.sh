@@ -60,7 +60,7 @@ test_expect_success 'COPY --from and ADD archives are 0:0 unless --chown, whoeve
     d1=$(digest_of "$TMP/own.tar") &&
     run_nobody() { (cd "$R" && setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$TMP/nobody-home" IMGBUILD_CACHE="$TMP/nobody-cache" "$IMGBUILD" "$@"); } &&
     mkdir -p "$TMP/nobody-home" && chmod 777 "$TMP/nobody-home" &&
-    rc=0; run_nobody -o "$TMP/own2.tar" -q 2>"$TMP/nb.err" || rc=$?; test $rc = 1 &&
+    { rc=0; run_nobody -o "$TMP/own2.tar" -q 2>"$TMP/nb.err" || rc=$?; } && test $rc = 1 &&
     grep -q "owned by another user.*safe.directory" "$TMP/nb.err" &&
     printf "[safe]\n\tdirectory = %s\n" "$R" >"$TMP/nobody-home/.gitconfig" &&
     d2=$(run_nobody -o "$TMP/own2.tar" -q) &&
@@ -107,9 +107,9 @@ test_expect_success 'a <Dockerfile>.dockerignore next to the Dockerfile wins ove
 
 test_expect_success 'SOURCE_DATE_EPOCH must be a number of seconds' '
     cd "$B" &&
-    rc=0; SOURCE_DATE_EPOCH=yesterday ib -o "$TMP/e.tar" || rc=$?; test $rc = 2 &&
+    { rc=0; SOURCE_DATE_EPOCH=yesterday ib -o "$TMP/e.tar" || rc=$?; } && test $rc = 2 &&
     grep -q "^imgbuild: error: SOURCE_DATE_EPOCH=yesterday" "$TMP/last.err" &&
-    rc=0; SOURCE_DATE_EPOCH=99999999999999 ib -o "$TMP/e.tar" || rc=$?; test $rc = 2 && test ! -e "$TMP/e.tar"
+    { rc=0; SOURCE_DATE_EPOCH=99999999999999 ib -o "$TMP/e.tar" || rc=$?; } && test $rc = 2 && test ! -e "$TMP/e.tar"
 '
 
 test_expect_success 'https, ssh and scp-style origins give one source annotation and one digest' '
@@ -126,7 +126,7 @@ test_expect_success 'https, ssh and scp-style origins give one source annotation
 
 test_expect_success '-o never replaces a device or directory' '
     cd "$B" && mkdir -p "$TMP/adir" &&
-    rc=0; ib -o "$TMP/adir" || rc=$?; test $rc = 2 && grep -q "exists and is not a regular file" "$TMP/last.err" &&
+    { rc=0; ib -o "$TMP/adir" || rc=$?; } && test $rc = 2 && grep -q "adir: is a directory" "$TMP/last.err" &&
     test -c /dev/null
 '
 

@@ -243,9 +243,9 @@ test_expect_success 'RUN --mount=type=ssh forwards the --ssh agent (SSH_AUTH_SOC
 
 test_expect_success '--ssh refuses what is not an agent socket, and default without SSH_AUTH_SOCK' '
     cd "$S/app" &&
-    rc=0; (unset SSH_AUTH_SOCK; ib --ssh default -o "$TMP/x.tar") 2>"$TMP/e1" || rc=$?; test $rc = 2 &&
+    { rc=0; (unset SSH_AUTH_SOCK; ib --ssh default -o "$TMP/x.tar") 2>"$TMP/e1" || rc=$?; } && test $rc = 2 &&
     grep -q "SSH_AUTH_SOCK is not set" "$TMP/e1" &&
-    rc=0; ib --ssh default="$S/key" -o "$TMP/x.tar" 2>"$TMP/e2" || rc=$?; test $rc = 2 &&
+    { rc=0; ib --ssh default="$S/key" -o "$TMP/x.tar" 2>"$TMP/e2" || rc=$?; } && test $rc = 2 &&
     grep -q "not an agent socket" "$TMP/e2" && ! grep -q "PRIVATE KEY" "$TMP/e2" && test ! -e "$TMP/x.tar"
 '
 

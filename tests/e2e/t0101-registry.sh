@@ -164,7 +164,7 @@ test_expect_success 'login HOST/NAMESPACE: that account serves the namespace onl
     ib logout "$K_HOST/wepp" | grep -q "Removed login credentials for $K_HOST/wepp" &&
     python3 -c "import json,os,sys; a=json.load(open(os.path.expanduser(\"~/.docker/config.json\")))[\"auths\"]; assert \"$K_HOST/wepp\" not in a and \"$K_HOST\" in a, sorted(a)" &&
     expect_error "denied|permission|insufficient" push --ca-file "$K_CA" "$TMP/app.tar" "$K_HOST/wepp/app:ns2" &&
-    rc=0; ib login "$K_HOST/" -u x --password-stdin </dev/null 2>"$TMP/nserr" || rc=$?; test $rc = 2 &&
+    { rc=0; ib login "$K_HOST/" -u x --password-stdin </dev/null 2>"$TMP/nserr" || rc=$?; } && test $rc = 2 &&
     grep -q "expected HOST\[:PORT\] or HOST/NAMESPACE, not .$K_HOST/." "$TMP/nserr"
 '
 

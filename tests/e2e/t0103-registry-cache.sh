@@ -94,7 +94,7 @@ test_expect_success 'an unreachable cache source is a warning, not a failure' '
     grep -q "warning: --cache-from 127.0.0.1:1/wepp/buildcache" "$TMP/last.err" &&
     test "$(digest_of "$TMP/d.tar")" = "$(digest_of "$TMP/c.tar")" &&
     test "$(grep -c "warning: --cache-from" "$TMP/last.err")" = 1 &&
-    rc=0; (cd "$R" && ib --cache-to "$P_HOST/wepp/buildcache:v1" -o "$TMP/e.tar") || rc=$?; test $rc = 2 &&
+    { rc=0; (cd "$R" && ib --cache-to "$P_HOST/wepp/buildcache:v1" -o "$TMP/e.tar") || rc=$?; } && test $rc = 2 &&
     grep -q "^imgbuild: error: --cache-to .*the tags are the cache keys" "$TMP/last.err" && test ! -e "$TMP/e.tar"
 '
 
