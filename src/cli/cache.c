@@ -138,7 +138,7 @@ int ib_cmd_cache(int argc, char **argv)
         if ((r = ib_cache_list(&e, &n, cache)) < 0) {
             rc = ib_cli_fail(r);
         } else {
-            qsort(e, n, sizeof *e, by_last_use);
+            if (n) qsort(e, n, sizeof *e, by_last_use);
             printf("%-19s  %10s  %-19s  %s\n", "KEY", "SIZE", "LAST USED", "STEP");
             for (size_t i = 0; i < n; i++) {
                 char hs[32], ts[32];
