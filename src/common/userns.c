@@ -139,6 +139,9 @@ int ib_userns_reexec(char **argv)
         while (read(p2c[0], &go, 1) < 0 && errno == EINTR) {}
         if (go != 'g') _exit(0);
         setenv(INSIDE_ENV, "1", 1);
+        /* inside, getpwuid(getuid()) is root's entry: keep the user's home
+         * for the cache dir and credential files when HOME is not set */
+        if (!getenv("HOME") && pw.pw_dir && *pw.pw_dir) setenv("HOME", pw.pw_dir, 1);
         execv("/proc/self/exe", argv);
         /* no /proc: say so rather than run whatever imgbuild PATH has */
         fprintf(stderr, "imgbuild: error: cannot re-execute in the user namespace (/proc/self/exe: %s); "
