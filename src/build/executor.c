@@ -631,12 +631,9 @@ static char *step_locator(build *b, const stage *st, const ib_df_instr *in)
                         st->name ? st->name : "-", (size_t)(in - b->df->instrs));
 }
 
-/* Local cache, then the --cache-from registries. 1 on a hit (*from names the
- * registry it came from, or NULL), 0 on a miss (*damaged says why when the
- * local entry was damaged and removed, else NULL). A registry that cannot be
- * read is a warning, not a failure, and is not asked again in this build; a
- * damaged entry there is a warning too, and only that entry is skipped. */
-static int cache_lookup(ib_layer_result *res, char **from, char **damaged, build *b, const char *key)
+/* The lookup itself (see cache_lookup): *from names a registry hit, *damaged
+ * a local entry found damaged and removed. */
+static int cache_lookup_at(ib_layer_result *res, char **from, char **damaged, build *b, const char *key)
 {
     *from = NULL;
     *damaged = NULL;
@@ -659,6 +656,30 @@ static int cache_lookup(ib_layer_result *res, char **from, char **damaged, build
             r = 0;
         }
     }
+    return r;
+}
+
+/* Local cache, then the --cache-from registries. 1 on a hit (*note names the
+ * registry it came from, or is NULL), 0 on a miss (*note says why: --no-cache,
+ * a damaged local entry that was removed, or what changed in inputs since
+ * the step's last build at locator). A registry that cannot be read is a
+ * warning, not a failure, and is not asked again in this build; a damaged
+ * entry there is a warning too, and only that entry is skipped. */
+static int cache_lookup(ib_layer_result *res, char **note, build *b, const char *key, const char *locator,
+                        const char *inputs)
+{
+    char *from = NULL, *damaged = NULL;
+    int r = cache_lookup_at(res, &from, &damaged, b, key);
+    if (r == 1) {
+        *note = from;
+    } else {
+        free(from);
+        *note = r < 0              ? NULL
+                : b->o->no_cache   ? ib_xstrdup("--no-cache")
+                : damaged          ? ib_xstrdup(damaged)
+                                   : ib_cache_explain(b->cache, locator, inputs);
+    }
+    free(damaged);
     return r;
 }
 
@@ -693,15 +714,11 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
     char *all = ib_xasprintf("instruction %s\nparent %s\ncompression %s\n%sentries %s\nkey %s\n", sr->in->original,
                              chain, comp, inputs, entries, key);
     char *locator = step_locator(b, st, sr->in);
-    char *damaged = NULL;
-    int r = cache_lookup(res, &sr->why, &damaged, b, key);
+    int r = cache_lookup(res, &sr->why, b, key, locator, all);
     if (r == 1) {
         sr->hit = 1;
         r = 0;
     } else if (r == 0) {
-        sr->why = b->o->no_cache ? ib_xstrdup("--no-cache")
-                  : damaged      ? ib_xstrdup(damaged)
-                                 : ib_cache_explain(b->cache, locator, all);
         r = ib_layer_write(res, lb, b->store, b->o->compression, b->o->threads, b->layer_mtime);
         if (r == 0) r = ib_cache_put(b->cache, key, res, sr->in->original);
     }
@@ -709,7 +726,6 @@ static int produce_layer(void *ctx, ib_layer_builder *lb, const char *inputs, ib
         ib_cache_record(b->cache, locator, all);
         remember_export(b, key, res, sr->in->original);
     }
-    free(damaged);
     free(all);
     free(locator);
     return r;
@@ -819,20 +835,14 @@ static int workdir_layer(ib_layer_result *lr, int *made, int *hit, char *why, si
     ib_digest_buf(ind, sb.s, sb.len);
     ib_cache_key(key, chain, "workdir", ind);
     ib_strbuf_addf(&sb, "key %s\n", key);
-    char *locator = step_locator(b, st, in);
-    char *from = NULL, *damaged = NULL;
-    r = cache_lookup(lr, &from, &damaged, b, key);
-    if (from) snprintf(why, whysz, "%s", from);
-    free(from);
+    char *locator = step_locator(b, st, in), *note = NULL;
+    r = cache_lookup(lr, &note, b, key, locator, sb.s);
+    if (note) snprintf(why, whysz, r == 1 ? "%s" : "rebuilt: %s", note);
+    free(note);
     if (r == 1) {
         *hit = 1;
         r = 0;
     } else if (r == 0) {
-        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache")
-                       : damaged      ? ib_xstrdup(damaged)
-                                      : ib_cache_explain(b->cache, locator, sb.s);
-        snprintf(why, whysz, "rebuilt: %s", reason);
-        free(reason);
         /* The owner BuildKit's file ops give (llbsolver/file readUser): a
          * numeric user is uid = gid = it; a name takes its passwd uid and
          * primary gid, or 0:0 when the image has no such user; a ":group"
@@ -881,7 +891,6 @@ static int workdir_layer(ib_layer_result *lr, int *made, int *hit, char *why, si
         ib_cache_record(b->cache, locator, sb.s);
         remember_export(b, key, lr, in->original);
     }
-    free(damaged);
     free(locator);
     free(sb.s);
     free(rel);
@@ -1880,24 +1889,16 @@ static int do_run(ib_layer_result *lr, int *hit, char *why, size_t whysz, build 
     /* The recorded inputs (for explaining a later miss) also name the key:
      * same key, no entry means the layer was pruned. Added after keying. */
     ib_strbuf_addf(&sb, "key %s\n", key);
-    char *locator = step_locator(b, st, in);
-    char *from = NULL, *damaged = NULL;
-    r = cache_lookup(lr, &from, &damaged, b, key);
-    if (from) snprintf(why, whysz, "%s", from);
-    free(from);
+    char *locator = step_locator(b, st, in), *note = NULL;
+    r = cache_lookup(lr, &note, b, key, locator, sb.s);
+    if (note) snprintf(why, whysz, r == 1 ? "%s" : "rebuilt: %s", note);
+    free(note);
     if (r == 1) {
         *hit = 1;
         r = 0;
         goto done;
     }
     if (r < 0) goto done;
-    {
-        char *reason = b->o->no_cache ? ib_xstrdup("--no-cache")
-                       : damaged      ? ib_xstrdup(damaged)
-                                      : ib_cache_explain(b->cache, locator, sb.s);
-        snprintf(why, whysz, "rebuilt: %s", reason);
-        free(reason);
-    }
     const char *root;
     if ((r = stage_rootfs(&root, b, st)) < 0) goto done;
     unsigned uid, gid;
@@ -2001,7 +2002,6 @@ done:
         ib_cache_record(b->cache, locator, sb.s);
         remember_export(b, key, lr, in->original);
     }
-    free(damaged);
     free(locator);
     free(sb.s);
     bind_list_free(&bl);
