@@ -101,6 +101,36 @@ as_user() { # DIR ARGS...
     return $rc
 }
 
+# flip_check DIR ERR_REGEX [BASE_TAR]: DIR's file z (a copy of $TMP/A) flips between $TMP/A and $TMP/B
+# while 8 --worktree builds of DIR run, each with its own cache dir (BASE_TAR loaded into it first). A build
+# may fail, with a last line matching ERR_REGEX and no new cache entry; a build that succeeded must have
+# cached what its key says: for z = A and z = B, every surviving cache gives the digest a cold build gives.
+flip_check() {
+    local dir=$1 err=$2 base=${3:-} flipper ok="" bad=0 i v n0 cold d
+    { while :; do cp "$TMP/B" "$TMP/z.n"; mv -f "$TMP/z.n" "$dir/z"; cp "$TMP/A" "$TMP/z.n"; mv -f "$TMP/z.n" "$dir/z"; done & }
+    flipper=$!
+    for i in 1 2 3 4 5 6 7 8; do
+        if [ -n "$base" ]; then IMGBUILD_CACHE="$TMP/flip-$i" ib load "$base" >/dev/null || bad=1; fi
+        n0=$(ls "$TMP/flip-$i/cache/entries" 2>/dev/null | wc -l)
+        if (cd "$dir" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar" >/dev/null); then ok="$ok $i"
+        elif tail -n 1 "$TMP/last.err" | grep -qE "$err" &&
+             test "$(ls "$TMP/flip-$i/cache/entries" 2>/dev/null | wc -l)" = "$n0"; then :
+        else bad=1; fi
+    done
+    kill $flipper
+    wait $flipper 2>/dev/null
+    test $bad = 0 || return 1
+    for v in A B; do
+        cp "$TMP/$v" "$dir/z" || return 1
+        if [ -n "$base" ]; then IMGBUILD_CACHE="$TMP/flip-cold-$v" ib load "$base" >/dev/null || return 1; fi
+        cold=$(cd "$dir" && IMGBUILD_CACHE="$TMP/flip-cold-$v" ib --worktree -q -o "$TMP/flip.tar") || return 1
+        for i in $ok; do
+            d=$(cd "$dir" && IMGBUILD_CACHE="$TMP/flip-$i" ib --worktree -q -o "$TMP/flip.tar") || return 1
+            test "$d" = "$cold" || { echo "cache $i holds a stale layer for $v"; return 1; }
+        done
+    done
+}
+
 # new_repo DIR: an empty git repo with a fixed identity.
 new_repo() {
     mkdir -p "$1"
